@@ -1,0 +1,5 @@
+import sys
+
+from skiptune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,62 @@
+"""Options and parsers shared by several verbs (one definition, many verbs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from typing import Any
+
+from skiptune.errors import SkiptuneError
+
+STORAGE_ENV = "SKIPTUNE_STORAGE"
+DEFAULT_STORAGE = "sqlite:///skiptune.db"
+
+
+def add_storage(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help=f"SQLAlchemy/Optuna storage URL (default: ${STORAGE_ENV}, else {DEFAULT_STORAGE})",
+    )
+
+
+def storage_url(args: argparse.Namespace) -> str:
+    """The storage URL: --storage, else $SKIPTUNE_STORAGE, else the embedded SQLite file."""
+    return args.storage or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+
+
+def add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+
+
+def parse_int_list(text: str, *, what: str = "value") -> list[int]:
+    """Parse ``"5,9,19"``, inclusive ranges ``"0-9999"`` or a mix ``"0-3,8"`` into non-negative ints."""
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+            raise SkiptuneError(
+                f"bad {what} list {text!r}: expected non-negative integers and inclusive ranges "
+                "like '5,9,19' or '0-9999'"
+            )
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        out.extend(range(lo, hi + 1))
+    return out
+
+
+def parse_float_pair(values: list[str], *, what: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in values)
+    except ValueError:
+        raise SkiptuneError(f"bad {what} {' '.join(values)!r}: expected two numbers, e.g. 0.7 1.0") from None
+    return lo, hi
