@@ -35,7 +35,7 @@ VERBS: dict[str, str] = {
 
 
 def _available_verbs() -> dict[str, object]:
-    modules = {}
+    modules: dict[str, object] = {}
     for verb, module in VERBS.items():
         try:
             modules[verb] = importlib.import_module(f"skiptune.cli.{module}")

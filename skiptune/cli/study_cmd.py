@@ -1,0 +1,179 @@
+"""``skiptune study create|list``: one Optuna study per NFE, and an overview of the stored studies."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from skiptune.cli.common import (
+    add_json,
+    add_storage,
+    parse_float_pair,
+    parse_int_list,
+    print_json,
+    storage_url,
+)
+from skiptune.errors import SkiptuneError
+from skiptune.search.algorithms import SEARCH_ALGORITHMS
+from skiptune.search.space import DEFAULT_RHO_RANGE, SearchSpace
+from skiptune.storage import open_storage
+
+HELP = "create studies (one per NFE) or list them"
+DESCRIPTION = """Create one study per NFE for a model, sampler and objective. The trial budget
+(--trials) is shared by all workers; the baseline (1, 1) is always trial 0, and the best pairs of
+the nearest NFEs already searched are enqueued as warm starts. Creating again is harmless (same
+identity -> same study; the budget takes the new value).
+
+The search box defaults to [0.5, 1.2] for both coefficients: the paper's tuned values lie inside it
+(below 1) and (1, 1) stays an interior point.
+
+examples:
+  skiptune study create --model demo --nfe 5,9,19 --extractor fmnist-classifier \\
+      --reference refs/fmnist-train.npz --n-samples 10000 --rungs 2000,10000 --trials 30
+  skiptune study create --model edm-cifar10 --sampler heun --nfe 9 --extractor inception-v3 \\
+      --reference cifar10-32x32.npz --search gp --storage postgresql://user:pw@db/skiptune
+  skiptune study list --model demo
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = sub.add_parser(
+        "create",
+        help="create studies, one per NFE",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    create.add_argument("--model", required=True, help="registered model name or checkpoint path")
+    create.add_argument("--sampler", default="heun", help="sampler name (default: %(default)s)")
+    create.add_argument("--nfe", required=True, help="NFE list, e.g. 5,9,19")
+    create.add_argument("--extractor", required=True, help="feature extractor name (or torchscript:PATH)")
+    create.add_argument("--reference", required=True, metavar="PATH", help="reference statistics file")
+    create.add_argument(
+        "--n-samples", type=int, default=10000, help="samples per full evaluation (default: %(default)s)"
+    )
+    create.add_argument(
+        "--rungs",
+        default=None,
+        help="sample counts at which a trial may be pruned, ending at --n-samples (default: N/5,N)",
+    )
+    create.add_argument(
+        "--seed-base", type=int, default=0, help="sample i uses seed seed_base + i (default: %(default)s)"
+    )
+    create.add_argument(
+        "--trials",
+        type=int,
+        default=30,
+        help="trial budget per study, all workers together (default: %(default)s)",
+    )
+    create.add_argument(
+        "--search",
+        default="tpe",
+        choices=SEARCH_ALGORITHMS.names(),
+        help="search algorithm (default: %(default)s)",
+    )
+    create.add_argument(
+        "--rho-bottom-range",
+        nargs=2,
+        default=[str(v) for v in DEFAULT_RHO_RANGE],
+        metavar=("LO", "HI"),
+        help="rho_bottom search range (default: %(default)s)",
+    )
+    create.add_argument(
+        "--rho-top-range",
+        nargs=2,
+        default=[str(v) for v in DEFAULT_RHO_RANGE],
+        metavar=("LO", "HI"),
+        help="rho_top search range (default: %(default)s)",
+    )
+    create.add_argument(
+        "--sigma-window-range",
+        nargs=2,
+        default=None,
+        metavar=("LO", "HI"),
+        help="also search a sigma window [lo, hi] inside this range (log scale); default: off",
+    )
+    add_storage(create)
+    add_json(create)
+    listing = sub.add_parser("list", help="list studies with their progress")
+    listing.add_argument("--model", default=None, help="only this model")
+    add_storage(listing)
+    add_json(listing)
+
+
+def run(args: argparse.Namespace) -> int:
+    return _create(args) if args.action == "create" else _list(args)
+
+
+def _rungs(args: argparse.Namespace) -> list[int]:
+    if args.n_samples < 1:
+        raise SkiptuneError(f"bad --n-samples {args.n_samples}: expected a positive integer, e.g. 10000")
+    if args.rungs is None:
+        return sorted({max(1, args.n_samples // 5), args.n_samples})
+    rungs = parse_int_list(args.rungs, what="rung")
+    if rungs != sorted(set(rungs)) or rungs[-1] != args.n_samples or rungs[0] < 1:
+        raise SkiptuneError(
+            f"bad --rungs {args.rungs!r}: expected increasing sample counts ending at --n-samples "
+            f"({args.n_samples}), e.g. {max(1, args.n_samples // 5)},{args.n_samples}"
+        )
+    return rungs
+
+
+def _create(args: argparse.Namespace) -> int:
+    from skiptune.nets.registry import load_model
+    from skiptune.search.objective import study_specs
+    from skiptune.search.study import create_studies
+
+    space = SearchSpace(
+        rho_bottom=parse_float_pair(args.rho_bottom_range, what="--rho-bottom-range"),
+        rho_top=parse_float_pair(args.rho_top_range, what="--rho-top-range"),
+        sigma_window=(
+            parse_float_pair(args.sigma_window_range, what="--sigma-window-range")
+            if args.sigma_window_range
+            else None
+        ),
+    )
+    storage = open_storage(storage_url(args))  # fail fast on a bad URL, before loading anything
+    loaded = load_model(args.model, device="cpu")
+    specs = study_specs(
+        loaded,
+        sampler=args.sampler,
+        nfes=parse_int_list(args.nfe, what="NFE"),
+        extractor=args.extractor,
+        reference_path=Path(args.reference),
+        n_samples=args.n_samples,
+        rungs=_rungs(args),
+        seed_base=args.seed_base,
+        space=space,
+        n_trials=args.trials,
+        search=args.search,
+    )
+    results = create_studies(storage, specs)
+    if args.json:
+        print_json([vars(r) for r in results])
+        return 0
+    for r in results:
+        state = "created" if r.created else "exists "
+        extra = f", enqueued {len(r.enqueued)}" if r.enqueued else ""
+        print(f"{state} {r.name}  (budget {r.n_trials}{extra})")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from skiptune.search.query import summary_rows
+
+    rows = summary_rows(open_storage(storage_url(args)), args.model)
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        print("no studies" + (f" for model {args.model!r}" if args.model else ""))
+        return 0
+    for r in rows:
+        best = "-" if r["value"] is None else f"{r['value']:.4f}"
+        print(
+            f"{r['study']}  {r['n_trials']}/{r['budget']} trials ({r['n_complete']} complete, "
+            f"{r['n_pruned']} pruned, {r['n_running']} running, {r['n_waiting']} waiting, "
+            f"{r['n_failed']} failed)  best {best}  search {r['search']}"
+        )
+    return 0

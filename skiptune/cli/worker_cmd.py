@@ -1,0 +1,86 @@
+"""``skiptune worker``: evaluate trials of a model's studies until their budgets are met."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from skiptune.cli.common import add_storage, parse_int_list, storage_url
+from skiptune.errors import SkiptuneError
+
+HELP = "run a worker (one process per GPU with --devices) on a model's studies"
+DESCRIPTION = """Loads the model once, then repeatedly picks the study with the least used budget,
+evaluates one trial (pruned early at the rungs when clearly worse) and records it. Any number of
+workers on any number of machines may share one --storage. A killed worker's trial is failed after
+--grace seconds without heartbeat and re-run by another worker. SIGINT/SIGTERM: the current trial
+is given back (re-enqueued) and the worker exits 0.
+
+examples:
+  skiptune worker --model demo                               # all NFEs, auto device
+  skiptune worker --model demo --nfe 5,9 --device cuda:1 --batch-size 512
+  skiptune worker --model edm-cifar10 --devices 0,1,2,3 --storage postgresql://user:pw@db/skiptune
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="registered model name or checkpoint path")
+    parser.add_argument("--sampler", default=None, help="only studies of this sampler (default: all)")
+    parser.add_argument("--nfe", default=None, help="only these NFEs, e.g. 5,9 (default: all)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    where.add_argument("--devices", default=None, help="GPU indices, one worker process each, e.g. 0,1,2,3")
+    parser.add_argument(
+        "--batch-size", type=int, default=256, help="samples per batch (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-trials", type=int, default=None, help="stop after this many trials (per process)"
+    )
+    parser.add_argument(
+        "--heartbeat", type=int, default=30, help="heartbeat interval, seconds (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--grace",
+        type=int,
+        default=120,
+        help="seconds without heartbeat before a trial counts as dead (default: %(default)s)",
+    )
+    add_storage(parser)
+
+
+def _check(args: argparse.Namespace) -> None:
+    for name in ("batch_size", "heartbeat", "grace"):
+        if getattr(args, name) < 1:
+            raise SkiptuneError(
+                f"bad --{name.replace('_', '-')} {getattr(args, name)}: expected a positive integer"
+            )
+    if args.grace <= args.heartbeat:
+        raise SkiptuneError(
+            f"--grace {args.grace} must exceed --heartbeat {args.heartbeat} (a few missed beats), e.g. 4x"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    from skiptune.search.worker import run_worker, run_worker_processes
+
+    _check(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kwargs = dict(
+        model=args.model,
+        sampler=args.sampler,
+        nfes=parse_int_list(args.nfe, what="NFE") if args.nfe else None,
+        batch_size=args.batch_size,
+        max_trials=args.max_trials,
+        heartbeat=args.heartbeat,
+        grace=args.grace,
+    )
+    if args.devices:
+        devices = [f"cuda:{i}" for i in parse_int_list(args.devices, what="device")]
+        return run_worker_processes(storage_url(args), devices=devices, **kwargs)  # type: ignore[arg-type]
+    summary = run_worker(storage_url(args), device=args.device, **kwargs)  # type: ignore[arg-type]
+    print(
+        f"worker {summary.worker_id}: {summary.count('complete')} complete, "
+        f"{summary.count('pruned')} pruned, "
+        f"{summary.count('failed')} failed" + (" (stopped by signal)" if summary.stopped else ""),
+        flush=True,
+    )
+    return 0

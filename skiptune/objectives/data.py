@@ -1,0 +1,256 @@
+"""Image data for reference statistics: the Fashion-MNIST idx loader and image sources.
+
+An :class:`ImageSource` yields uint8 ``[n, C, H, W]`` batches and states a content fingerprint, so
+reference statistics can be cached by *what the images are*, not by where they were read from.
+Sources: ``fmnist:train`` / ``fmnist:test``, a folder of PNG/JPEG images, a ``.npz`` holding a uint8
+``images`` (or ``arr_0``) array in NHWC or NCHW layout, and an idx (``.gz``) image file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from skiptune.errors import SkiptuneError
+
+FMNIST_ROOT_ENV = "SKIPTUNE_FMNIST_ROOT"
+DEFAULT_FMNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
+FMNIST_FILES = {"train": "train", "test": "t10k"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_IDX_UBYTE = 0x08
+
+
+# --------------------------------------------------------------------------------------------- idx
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an idx file (gzip-compressed when the name ends in ``.gz``) of unsigned bytes."""
+    path = Path(path)
+    if not path.is_file():
+        raise SkiptuneError(f"idx file {str(path)!r} does not exist")
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise SkiptuneError(
+            f"cannot read idx file {str(path)!r} ({exc}); re-download or reinstall it"
+        ) from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UBYTE or raw[3] == 0:
+        raise SkiptuneError(
+            f"{str(path)!r} is not an idx file of unsigned bytes: its magic number is "
+            f"{raw[:4].hex() or 'empty'} "
+            "(expected 000008 followed by the number of dimensions, e.g. 00000803 for images)"
+        )
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise SkiptuneError(f"idx file {str(path)!r} is truncated inside its header")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(shape)) if shape else 0
+    if len(raw) - header != expected:
+        raise SkiptuneError(
+            f"idx file {str(path)!r} holds {len(raw) - header} data bytes but its header {shape} needs "
+            f"{expected}; the file is truncated or corrupt"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def fmnist_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """The Fashion-MNIST folder: ``root``, else ``$SKIPTUNE_FMNIST_ROOT``, else the Debian location."""
+    return Path(root or os.environ.get(FMNIST_ROOT_ENV) or DEFAULT_FMNIST_ROOT)
+
+
+def load_fashion_mnist(
+    split: str, *, root: str | os.PathLike[str] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST ``split`` ('train' or 'test') as (uint8 images [N,1,28,28], int64 labels [N])."""
+    if split not in FMNIST_FILES:
+        raise SkiptuneError(
+            f"unknown Fashion-MNIST split {split!r}; expected one of: {', '.join(FMNIST_FILES)}"
+        )
+    folder = fmnist_root(root)
+    stem = FMNIST_FILES[split]
+    image_path = folder / f"{stem}-images-idx3-ubyte.gz"
+    label_path = folder / f"{stem}-labels-idx1-ubyte.gz"
+    for p in (image_path, label_path):
+        if not p.is_file():
+            raise SkiptuneError(
+                f"Fashion-MNIST file {str(p)!r} not found; install the Debian package dataset-fashion-mnist, "
+                f"or point ${FMNIST_ROOT_ENV} (or root=) at a folder holding the four *-ubyte.gz files"
+            )
+    images = read_idx(image_path)
+    labels = read_idx(label_path)
+    if images.ndim != 3 or labels.ndim != 1:
+        raise SkiptuneError(
+            f"Fashion-MNIST files in {str(folder)!r} have shapes {images.shape} and {labels.shape}; "
+            "expected images [N,28,28] and labels [N]"
+        )
+    if images.shape[0] != labels.shape[0]:
+        raise SkiptuneError(
+            f"Fashion-MNIST {split}: {images.shape[0]} images but {labels.shape[0]} labels in {str(folder)!r}"
+        )
+    if labels.size and int(labels.max()) > 9:
+        raise SkiptuneError(
+            f"Fashion-MNIST {split} labels in {str(label_path)!r} exceed 9; the file is corrupt"
+        )
+    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+
+def pad_to(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre ``[N,C,H,W]`` images on a black (zero) ``size`` x ``size`` canvas (28 -> 32: 2 px a side)."""
+    h, w = images.shape[-2:]
+    if h > size or w > size or (size - h) % 2 or (size - w) % 2:
+        raise SkiptuneError(
+            f"cannot pad {h}x{w} images to {size}x{size}: padding must be non-negative and even "
+            "(the same on both sides)"
+        )
+    ph, pw = (size - h) // 2, (size - w) // 2
+    return torch.nn.functional.pad(images, (pw, pw, ph, ph), value=0)
+
+
+# ------------------------------------------------------------------------------------------ sources
+
+
+class ImageSource(Protocol):
+    """A finite set of images, read in batches; the fingerprint hashes the delivered pixels' origin."""
+
+    description: str
+
+    def __len__(self) -> int: ...
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]: ...
+
+    def fingerprint(self) -> str: ...
+
+
+class TensorSource:
+    """Images already in memory (Fashion-MNIST, ``.npz``, idx): uint8 ``[N,C,H,W]``."""
+
+    def __init__(self, images: torch.Tensor, *, description: str) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise SkiptuneError(
+                f"{description}: expected uint8 images [N,C,H,W], got {images.dtype} {tuple(images.shape)}"
+            )
+        self.images = images.contiguous()
+        self.description = description
+        self._fingerprint: str | None = None
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        for start in range(0, len(self), batch_size):
+            yield self.images[start : start + batch_size]
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            h = hashlib.sha256(repr(tuple(self.images.shape)).encode())
+            h.update(self.images.numpy().tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+
+class FolderSource:
+    """PNG/JPEG files found recursively under a folder, in sorted relative-path order."""
+
+    def __init__(self, folder: Path, *, resolution: int | None = None) -> None:
+        self.folder = folder
+        self.files = sorted(
+            p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
+        if not self.files:
+            raise SkiptuneError(f"no PNG/JPEG images found under {str(folder)!r}")
+        self.resolution = resolution
+        self.description = f"folder {folder} ({len(self.files)} images)"
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _read(self, path: Path) -> np.ndarray:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            arr = np.asarray(img.convert("L" if img.mode in ("L", "1", "I;16", "I") else "RGB"))
+        return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        first_shape: tuple[int, ...] | None = None
+        for start in range(0, len(self.files), batch_size):
+            arrays = [self._read(p) for p in self.files[start : start + batch_size]]
+            for p, a in zip(self.files[start : start + batch_size], arrays):
+                first_shape = first_shape or a.shape
+                if a.shape != first_shape:
+                    raise SkiptuneError(
+                        f"image {str(p)!r} has shape {a.shape} (C,H,W) but earlier images have "
+                        f"{first_shape}; "
+                        "all images of a source must share size and channel count"
+                    )
+            batch = torch.from_numpy(np.stack(arrays))
+            yield pad_to(batch, self.resolution) if self.resolution else batch
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(f"folder;pad={self.resolution}".encode())
+        for p in self.files:
+            h.update(str(p.relative_to(self.folder)).encode() + b"\0")
+            h.update(hashlib.sha256(p.read_bytes()).digest())
+        return h.hexdigest()
+
+
+def _npz_images(path: Path) -> torch.Tensor:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            key = next((k for k in ("images", "arr_0") if k in data.files), None)
+            if key is None:
+                raise SkiptuneError(
+                    f"{str(path)!r} has arrays {data.files}; expected a uint8 array named 'images' or 'arr_0'"
+                )
+            arr = data[key]
+    except (OSError, ValueError) as exc:
+        raise SkiptuneError(f"cannot read {str(path)!r} as .npz ({exc})") from None
+    if arr.dtype != np.uint8 or arr.ndim != 4:
+        raise SkiptuneError(
+            f"{str(path)!r}: expected uint8 images [N,H,W,C] or [N,C,H,W], got {arr.dtype} {arr.shape}"
+        )
+    if arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
+        arr = arr.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _fit(images: torch.Tensor, resolution: int | None) -> torch.Tensor:
+    return pad_to(images, resolution) if resolution and images.shape[-1] != resolution else images
+
+
+def open_source(
+    spec: str, *, resolution: int | None = None, fmnist_root_dir: str | None = None
+) -> ImageSource:
+    """An image source from ``fmnist:train``, ``fmnist:test``, a folder, a ``.npz`` or an idx file.
+
+    With ``resolution``, smaller images are centred on a black canvas of that size (28 -> 32).
+    """
+    if spec.startswith("fmnist:"):
+        split = spec.split(":", 1)[1]
+        images, _ = load_fashion_mnist(split, root=fmnist_root_dir)
+        return TensorSource(_fit(images, resolution), description=f"Fashion-MNIST {split}")
+    path = Path(spec)
+    if path.is_dir():
+        return FolderSource(path, resolution=resolution)
+    if not path.is_file():
+        raise SkiptuneError(
+            f"image source {spec!r} not found; expected fmnist:train, fmnist:test, a folder of PNG/JPEG "
+            "images, a .npz with a uint8 'images' array, or an idx images file"
+        )
+    if path.suffix == ".npz":
+        return TensorSource(_fit(_npz_images(path), resolution), description=f"npz {path}")
+    arr = read_idx(path)
+    if arr.ndim != 3:
+        raise SkiptuneError(f"idx file {spec!r} has shape {arr.shape}; expected images [N,H,W]")
+    images = torch.from_numpy(arr.copy()).unsqueeze(1)
+    return TensorSource(_fit(images, resolution), description=f"idx {path}")

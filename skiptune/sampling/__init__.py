@@ -1,0 +1,53 @@
+"""Sampling: denoiser contract, EDM sigma schedule, samplers by name, per-sample seeded noise, uint8.
+
+    sigmas = edm_sigmas(net, steps, device=dev)            # float64 [steps + 1], cached
+    x0 = SAMPLERS.get("heun").fn(net, x, sigmas)           # one signature for every sampler
+    for batch in generate_images(net, sampler="heun", nfe=35, seeds=range(1000),
+                                 batch_size=64, device=dev):  # uint8 [n, C, H, W]
+        ...
+
+Sample ``i`` is a pure function of its seed (common random numbers across trials, batch sizes,
+workers and devices): see :mod:`skiptune.sampling.noise`.
+"""
+
+from __future__ import annotations
+
+from skiptune.sampling.contract import Denoiser, DenoiserLike, as_denoiser, denoise, round_sigma
+from skiptune.sampling.generate import generate_images, sample_batch, to_uint8
+from skiptune.sampling.noise import PerSampleGenerator
+from skiptune.sampling.registry import SAMPLERS, SamplerSpec
+from skiptune.sampling.samplers import NoiseFn, SamplerFn, dpmpp_2m, euler, heun
+from skiptune.sampling.schedule import EDMSchedule, edm_sigmas
+from skiptune.sampling.settings import (
+    ChurnSettings,
+    DPMSolverSettings,
+    EulerSettings,
+    HeunSettings,
+    SamplerSettings,
+)
+
+__all__ = [
+    "SAMPLERS",
+    "ChurnSettings",
+    "DPMSolverSettings",
+    "Denoiser",
+    "DenoiserLike",
+    "EDMSchedule",
+    "EulerSettings",
+    "HeunSettings",
+    "NoiseFn",
+    "PerSampleGenerator",
+    "SamplerFn",
+    "SamplerSettings",
+    "SamplerSpec",
+    "as_denoiser",
+    "denoise",
+    "dpmpp_2m",
+    "edm_sigmas",
+    "euler",
+    "generate_images",
+    "heun",
+    "round_sigma",
+    "sample_batch",
+    "to_uint8",
+]

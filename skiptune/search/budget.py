@@ -1,0 +1,55 @@
+"""The trial budget of a study, met exactly however many workers race for it.
+
+A trial *counts* against the budget while it is WAITING (enqueued), RUNNING, COMPLETE, PRUNED, or
+FAILed by its own evaluation (NaN samples, out of memory: rerunning it would fail again). A trial
+does not count when it was failed by the heartbeat (its worker died), released by a stopping worker
+(both are re-enqueued as a new WAITING trial), or refused for being over budget.
+
+Claiming a slot: a worker first creates its trial (``study.ask``; Optuna numbers trials under a
+lock on the study row, so numbers follow creation order), then counts the counting trials with a
+*smaller* number. If there are already ``budget`` of them the trial is over budget and is failed
+at once, before any evaluation. Every trial that ever counts does so from its creation until it
+finishes, so of any ``budget + 1`` trials counting at the same time the youngest saw all others at
+its check and refused itself: never more than ``budget`` evaluations count, and workers keep
+claiming while fewer count, so the budget is met exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+#: Trial user attribute holding why skiptune failed a trial: {"kind": ..., "reason": ...}.
+FAIL_ATTR = "skiptune_fail"
+#: Fail kinds; only an evaluation failure counts against the budget.
+EVALUATION_FAILED = "evaluation"
+OVER_BUDGET = "over_budget"
+RELEASED = "released"
+
+_COUNTING_STATES = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def counts_against_budget(trial: FrozenTrial) -> bool:
+    if trial.state in _COUNTING_STATES:
+        return True
+    fail: Any = trial.user_attrs.get(FAIL_ATTR)
+    return trial.state == TrialState.FAIL and isinstance(fail, dict) and fail.get("kind") == EVALUATION_FAILED
+
+
+def used_budget(trials: list[FrozenTrial]) -> int:
+    return sum(counts_against_budget(t) for t in trials)
+
+
+def fresh_trials(storage: optuna.storages.BaseStorage, study_id: int) -> list[FrozenTrial]:
+    """All trials as the database holds them now (not through a per-process cache)."""
+    return storage.get_all_trials(study_id, deepcopy=False)
+
+
+def within_budget(
+    storage: optuna.storages.BaseStorage, study_id: int, trial_number: int, budget: int
+) -> bool:
+    """Whether the trial numbered ``trial_number`` (already created) holds one of the budget's slots."""
+    ahead = sum(counts_against_budget(t) for t in fresh_trials(storage, study_id) if t.number < trial_number)
+    return ahead < budget

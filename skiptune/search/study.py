@@ -1,0 +1,250 @@
+"""Studies: identity, naming, idempotent creation, the baseline and warm starts.
+
+One Optuna study per (model, sampler, NFE, objective, search space). Its name is readable and
+unique: ``"{model}/{sampler}/nfe={nfe}/{hash6}"`` where ``hash6`` is the first 6 hex digits of the
+sha256 of the canonical identity JSON. The hash is *always* there, so a name never depends on the
+order in which studies were created, and two objectives (other reference, other sample count) for
+the same model and NFE never share a study. The full identity is stored in the study's user
+attributes; a worker whose own identity differs refuses to write into the study.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from skiptune.errors import SkiptuneError
+from skiptune.search.algorithms import SEARCH_ALGORITHMS
+from skiptune.search.budget import fresh_trials, used_budget
+from skiptune.search.space import BASELINE_PARAMS, SearchSpace
+
+IDENTITY_ATTR = "skiptune_identity"
+OBJECTIVE_ARGS_ATTR = "skiptune_objective_args"
+BUDGET_ATTR = "skiptune_budget"
+SEARCH_ATTR = "skiptune_search"
+#: Trial user attribute: "baseline" or "warm_start" for enqueued trials.
+ROLE_ATTR = "skiptune_role"
+
+
+def canonical(obj: Any) -> Any:
+    """``obj`` as stored in a study (JSON round trip: tuples become lists, keys sorted), for comparisons."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """Everything that defines a study. ``identity()`` is what changes the numbers or the space;
+    ``n_trials`` (the budget shared by all workers) and ``search`` may change between runs."""
+
+    model: str
+    model_fingerprint: str
+    sampler: str
+    nfe: int
+    objective: dict[str, Any]  # FDObjective.identity(): extractor, reference sha256, samples, rungs, seeds
+    objective_args: dict[str, Any]  # how a worker rebuilds it: extractor, reference_path, n_samples, ...
+    sampler_settings: dict[str, Any] = field(default_factory=dict)
+    space: SearchSpace = field(default_factory=SearchSpace)
+    n_trials: int = 30
+    search: str = "tpe"
+
+    def __post_init__(self) -> None:
+        if self.n_trials < 1:
+            raise SkiptuneError(f"bad trial budget {self.n_trials}: expected a positive integer, e.g. 30")
+        if self.nfe < 1:
+            raise SkiptuneError(f"bad NFE {self.nfe}: expected a positive integer")
+        SEARCH_ALGORITHMS.get(self.search)  # validates the name with a clear error
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "model_fingerprint": self.model_fingerprint,
+            "sampler": self.sampler,
+            "sampler_settings": self.sampler_settings,
+            "nfe": self.nfe,
+            "objective": self.objective,
+            "space": self.space.to_dict(),
+        }
+
+    def canonical_identity(self) -> dict[str, Any]:
+        """The identity as stored (JSON round trip: tuples become lists), for comparisons."""
+        return canonical(self.identity())
+
+    @property
+    def identity_hash(self) -> str:
+        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:6]
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}/{self.sampler}/nfe={self.nfe}/{self.identity_hash}"
+
+    def user_attrs(self) -> dict[str, Any]:
+        return {
+            IDENTITY_ATTR: self.canonical_identity(),
+            OBJECTIVE_ARGS_ATTR: self.objective_args,
+            BUDGET_ATTR: self.n_trials,
+            SEARCH_ATTR: self.search,
+        }
+
+    @classmethod
+    def from_user_attrs(cls, attrs: dict[str, Any]) -> StudySpec | None:
+        """The spec stored in a study, or None for a study skiptune did not create."""
+        ident = attrs.get(IDENTITY_ATTR)
+        if not isinstance(ident, dict):
+            return None
+        return cls(
+            model=ident["model"],
+            model_fingerprint=ident["model_fingerprint"],
+            sampler=ident["sampler"],
+            sampler_settings=ident["sampler_settings"],
+            nfe=int(ident["nfe"]),
+            objective=ident["objective"],
+            objective_args=attrs.get(OBJECTIVE_ARGS_ATTR, {}),
+            space=SearchSpace.from_dict(ident["space"]),
+            n_trials=int(attrs.get(BUDGET_ATTR, 1)),
+            search=str(attrs.get(SEARCH_ATTR, "tpe")),
+        )
+
+
+@dataclass(frozen=True)
+class StoredStudy:
+    """A skiptune study as found in storage."""
+
+    name: str
+    study_id: int
+    spec: StudySpec
+
+
+def find_studies(
+    storage: optuna.storages.BaseStorage,
+    *,
+    model: str | None = None,
+    sampler: str | None = None,
+    nfes: Sequence[int] | None = None,
+) -> list[StoredStudy]:
+    """skiptune's studies in ``storage`` (others are ignored), filtered, ordered by model, sampler, NFE."""
+    out = []
+    for frozen in storage.get_all_studies():
+        spec = StudySpec.from_user_attrs(frozen.user_attrs)
+        if spec is None or spec.name != frozen.study_name:
+            continue  # not ours, or still being created (attributes not written yet)
+        if model is not None and spec.model != model:
+            continue
+        if sampler is not None and spec.sampler != sampler:
+            continue
+        if nfes is not None and spec.nfe not in nfes:
+            continue
+        out.append(StoredStudy(frozen.study_name, frozen._study_id, spec))
+    return sorted(out, key=lambda s: (s.spec.model, s.spec.sampler, s.spec.nfe, s.name))
+
+
+@dataclass(frozen=True)
+class CreatedStudy:
+    name: str
+    created: bool  # False: it existed already (same identity)
+    n_trials: int
+    enqueued: list[dict[str, float]]
+
+
+def create_studies(storage: optuna.storages.BaseStorage, specs: Sequence[StudySpec]) -> list[CreatedStudy]:
+    """Create (or find, for the same identity) one study per spec; enqueue the baseline and warm starts.
+
+    Idempotent: running it again changes nothing but the budget and search algorithm, which take
+    the new values, and enqueues warm starts from neighbouring NFEs that have finished since.
+    """
+    out = []
+    for spec in specs:
+        created = _create_or_update(storage, spec)
+        study = optuna.load_study(study_name=spec.name, storage=storage)
+        enqueued = _enqueue_baseline(study, storage, spec, created=created)
+        enqueued += _enqueue_warm_starts(study, storage, spec)
+        out.append(CreatedStudy(spec.name, created, spec.n_trials, enqueued))
+    return out
+
+
+def _create_or_update(storage: optuna.storages.BaseStorage, spec: StudySpec) -> bool:
+    try:
+        study_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], spec.name)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study_id = storage.get_study_id_from_name(spec.name)
+        stored = StudySpec.from_user_attrs(storage.get_study_user_attrs(study_id))
+        if stored is not None and stored.canonical_identity() != spec.canonical_identity():
+            raise SkiptuneError(
+                f"study {spec.name!r} exists with another identity (hash collision or edited "
+                "attributes); delete it with `optuna delete-study` or use another storage"
+            ) from None
+        created = False
+    for key, value in spec.user_attrs().items():
+        storage.set_study_user_attr(study_id, key, value)
+    return created
+
+
+def _enqueue_baseline(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, spec: StudySpec, *, created: bool
+) -> list[dict[str, float]]:
+    # Only the creating call enqueues without looking (exactly once even if two `study create` race);
+    # a rerun enqueues only if the baseline never made it (creator died in between).
+    trials = fresh_trials(storage, study._study_id)
+    if not created and any(t.user_attrs.get(ROLE_ATTR) == "baseline" for t in trials):
+        return []
+    study.enqueue_trial(dict(BASELINE_PARAMS), user_attrs={ROLE_ATTR: "baseline"}, skip_if_exists=True)
+    return [dict(BASELINE_PARAMS)]
+
+
+def _enqueue_warm_starts(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, spec: StudySpec
+) -> list[dict[str, float]]:
+    """Enqueue the best pairs of the nearest lower and higher NFE of the same model/sampler/objective."""
+    enqueued = []
+    for neighbour in _neighbours(storage, spec):
+        trials = fresh_trials(storage, study._study_id)
+        if used_budget(trials) >= spec.n_trials:
+            break
+        best = _best_complete(storage, neighbour.study_id)
+        if best is None:
+            continue
+        params = {k: float(v) for k, v in best.params.items()}
+        n_before = len(trials)
+        study.enqueue_trial(
+            params,
+            user_attrs={ROLE_ATTR: "warm_start", "skiptune_warm_from": neighbour.name},
+            skip_if_exists=True,
+        )
+        if len(fresh_trials(storage, study._study_id)) > n_before:
+            enqueued.append(params)
+    return enqueued
+
+
+def _family(spec: StudySpec) -> dict[str, Any]:
+    """The identity without the NFE (also inside the objective's identity, which records it)."""
+    ident = spec.canonical_identity()
+    ident.pop("nfe")
+    ident["objective"] = {k: v for k, v in ident["objective"].items() if k != "nfe"}
+    return ident
+
+
+def _neighbours(storage: optuna.storages.BaseStorage, spec: StudySpec) -> list[StoredStudy]:
+    family = _family(spec)
+    same = [
+        s
+        for s in find_studies(storage, model=spec.model, sampler=spec.sampler)
+        if s.spec.nfe != spec.nfe and _family(s.spec) == family
+    ]
+    lower = [s for s in same if s.spec.nfe < spec.nfe]
+    higher = [s for s in same if s.spec.nfe > spec.nfe]
+    picks = ([max(lower, key=lambda s: s.spec.nfe)] if lower else []) + (
+        [min(higher, key=lambda s: s.spec.nfe)] if higher else []
+    )
+    return picks
+
+
+def _best_complete(storage: optuna.storages.BaseStorage, study_id: int) -> optuna.trial.FrozenTrial | None:
+    complete = [t for t in fresh_trials(storage, study_id) if t.state == TrialState.COMPLETE]
+    return min(complete, key=lambda t: float(t.value), default=None)  # type: ignore[arg-type]

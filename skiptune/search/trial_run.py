@@ -1,0 +1,109 @@
+"""One trial, start to end: claim a budget slot, evaluate rung by rung, tell or release."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from skiptune.errors import EvaluationError
+from skiptune.search.budget import EVALUATION_FAILED, FAIL_ATTR, OVER_BUDGET, RELEASED, within_budget
+from skiptune.search.heartbeat import Heartbeat
+from skiptune.search.stopping import StopSignal, WorkerStopped
+from skiptune.search.study import ROLE_ATTR, StudySpec
+from skiptune.skips import SkipSchedule
+
+_log = logging.getLogger(__name__)
+
+#: Trial user attribute: the worker that evaluated the trial ("host:pid:index").
+WORKER_ATTR = "skiptune_worker"
+
+
+class Objective(Protocol):
+    """What a worker evaluates (``skiptune.objectives.fid.FDObjective``)."""
+
+    def evaluate(self, schedule: SkipSchedule) -> Iterator[tuple[int, float]]: ...
+
+    def identity(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    number: int
+    state: str  # "complete", "pruned", "failed", "over_budget", "released"
+    value: float | None = None
+
+
+def run_one_trial(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    spec: StudySpec,
+    objective: Objective,
+    *,
+    worker_id: str,
+    stop: StopSignal,
+) -> TrialOutcome:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "heartbeat is supposed to be used with optimize"
+        trial = study.ask()  # pops an enqueued (WAITING) trial first, as Optuna does
+    with Heartbeat(storage, trial._trial_id):
+        if not within_budget(storage, study._study_id, trial.number, spec.n_trials):
+            _fail(study, trial, OVER_BUDGET, "the study's budget was claimed by other workers first")
+            return TrialOutcome(trial.number, "over_budget")
+        trial.set_user_attr(WORKER_ATTR, worker_id)
+        try:
+            return _evaluate(study, trial, spec, objective, stop)
+        except WorkerStopped:
+            _release(study, trial)
+            return TrialOutcome(trial.number, "released")
+
+
+def _evaluate(
+    study: optuna.Study, trial: optuna.Trial, spec: StudySpec, objective: Objective, stop: StopSignal
+) -> TrialOutcome:
+    schedule = spec.space.suggest(trial)
+    is_reference = trial.user_attrs.get(ROLE_ATTR) == "baseline"  # the baseline is never pruned
+    value: float | None = None
+    try:
+        steps = iter(objective.evaluate(schedule))
+        while True:
+            with stop.interruptible():
+                item = next(steps, None)
+            if item is None:
+                break
+            n_samples, value = item
+            trial.report(value, step=n_samples)
+            if not is_reference and trial.should_prune():
+                study.tell(trial, state=TrialState.PRUNED)
+                return TrialOutcome(trial.number, "pruned", value)
+    except (EvaluationError, torch.OutOfMemoryError) as exc:
+        _fail(study, trial, EVALUATION_FAILED, f"{type(exc).__name__}: {exc}")
+        return TrialOutcome(trial.number, "failed")
+    if value is None or not math.isfinite(value):
+        _fail(study, trial, EVALUATION_FAILED, f"the objective gave no finite value ({value})")
+        return TrialOutcome(trial.number, "failed")
+    study.tell(trial, value)
+    return TrialOutcome(trial.number, "complete", value)
+
+
+def _fail(study: optuna.Study, trial: optuna.Trial, kind: str, reason: str) -> None:
+    _log.info("trial %d failed (%s): %s", trial.number, kind, reason)
+    trial.set_user_attr(FAIL_ATTR, {"kind": kind, "reason": reason[:500]})
+    study.tell(trial, state=TrialState.FAIL)
+
+
+def _release(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Give the trial back: enqueue its params again (first: never a moment with neither counted), fail it."""
+    frozen = study._storage.get_trial(trial._trial_id)
+    params: dict[str, Any] = dict(frozen.params) or dict(frozen.system_attrs.get("fixed_params", {}))
+    if params:
+        attrs = {k: v for k, v in frozen.user_attrs.items() if k == ROLE_ATTR}
+        study.enqueue_trial(params, user_attrs={**attrs, "skiptune_released_from": trial.number})
+    _fail(study, trial, RELEASED, "the worker was stopped; params re-enqueued" if params else "stopped")

@@ -1,0 +1,147 @@
+"""``open_storage(url)``: the Optuna storage for a URL, with engine settings per database.
+
+Every worker is its own process with its own engine, so pools stay small; SQLite is made safe for
+a few concurrent processes (WAL, busy timeout, write lock taken at BEGIN).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy
+import sqlalchemy.engine
+import sqlalchemy.exc
+from optuna.trial import FrozenTrial
+
+from skiptune.errors import SkiptuneError
+from skiptune.storage.url import mask_url, normalize_url
+
+#: Seconds a SQLite connection waits for another process's write lock before failing.
+SQLITE_BUSY_TIMEOUT_S = 60.0
+
+POSTGRES_ENGINE_KWARGS: dict[str, Any] = {
+    "pool_pre_ping": True,  # a worker idle for hours must not fail on a connection the server dropped
+    "pool_size": 2,  # one process per GPU: a couple of connections each (heartbeat thread + loop)
+    "max_overflow": 4,
+    "pool_recycle": 1800,
+    "connect_args": {"connect_timeout": 10},
+}
+
+
+def open_storage(
+    url: str,
+    *,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+) -> optuna.storages.BaseStorage:
+    """Open (and create the tables of) the storage at ``url``.
+
+    ``heartbeat_interval``/``grace_period`` (seconds) turn on Optuna's heartbeat: a RUNNING trial
+    whose process stopped beating for ``grace_period`` is failed by ``fail_stale_trials``, which
+    then calls ``stale_trial_callback`` once per failed trial (in the one process that failed it).
+    """
+    url = normalize_url(url)
+    if url.startswith("grpc://"):
+        if heartbeat_interval is not None:
+            warnings.warn(
+                "the Optuna gRPC proxy does not forward heartbeats: trials of killed workers stay "
+                "RUNNING; connect workers to the database directly to get heartbeats",
+                stacklevel=2,
+            )
+        return _open_grpc(url)
+    if url.startswith("sqlite"):
+        _check_sqlite_path(url)
+        kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    else:
+        kwargs = {**POSTGRES_ENGINE_KWARGS, "connect_args": dict(POSTGRES_ENGINE_KWARGS["connect_args"])}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat arguments
+            storage = optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=stale_trial_callback,
+            )
+    except ImportError as exc:
+        raise SkiptuneError(
+            f"cannot open {mask_url(url)!r}: the database driver is missing ({exc.__cause__ or exc}); "
+            "install it with: pip install 'skiptune[postgres]'"
+        ) from None
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+        raise SkiptuneError(
+            f"cannot open storage {mask_url(url)!r}: {_first_line(exc)}; check that the database "
+            "server is running and reachable, and that the user, password and database name are right"
+        ) from None
+    if url.startswith("sqlite"):
+        _configure_sqlite(storage.engine)
+    return storage
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = getattr(exc, "orig", None) or exc.__cause__ or exc
+    return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+
+
+def _check_sqlite_path(url: str) -> None:
+    database = sqlalchemy.engine.make_url(url).database
+    if not database or database == ":memory:":
+        return
+    parent = Path(database).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise SkiptuneError(
+            f"cannot create SQLite database {database!r}: its directory {str(parent)!r} does not "
+            "exist; create it first (mkdir -p) or pass another --storage sqlite:///PATH"
+        )
+
+
+def _configure_sqlite(engine: sqlalchemy.engine.Engine) -> None:
+    """WAL + busy timeout on every connection, and ``BEGIN IMMEDIATE`` transactions.
+
+    WAL lets readers run while one process writes. With plain deferred transactions a process
+    that read first and writes second fails at once with SQLITE_BUSY when another process wrote in
+    between (the busy timeout does not apply to that case), so every transaction takes the write
+    lock when it starts, and waits up to the busy timeout for it (SQLAlchemy's pysqlite recipe).
+    """
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves, below
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.close()
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _on_begin(connection: sqlalchemy.engine.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    # Connections pooled while Optuna created the tables predate these listeners.
+    engine.dispose()
+
+
+def _open_grpc(url: str) -> optuna.storages.BaseStorage:
+    try:
+        import grpc  # noqa: F401
+    except ImportError:
+        raise SkiptuneError(
+            f"cannot open {url!r}: grpcio is not installed; install it with: pip install 'skiptune[grpc]'"
+        ) from None
+    parsed = sqlalchemy.engine.make_url(url)
+    if not parsed.host or not parsed.port:
+        raise SkiptuneError(f"bad gRPC storage URL {url!r}: expected grpc://HOST:PORT, e.g. grpc://db:13000")
+    proxy = optuna.storages.GrpcStorageProxy(host=parsed.host, port=parsed.port)
+    try:
+        proxy.wait_server_ready(timeout=10)
+    except Exception as exc:  # grpc raises its own FutureTimeoutError / RpcError
+        raise SkiptuneError(
+            f"cannot reach the gRPC storage proxy at {url!r} ({type(exc).__name__}); start it with: "
+            f"skiptune proxy --storage DB_URL --host 0.0.0.0 --port {parsed.port}"
+        ) from None
+    return proxy

@@ -1,0 +1,44 @@
+"""Storage URLs: validation, normalisation (``postgresql://`` -> psycopg 3) and password masking."""
+
+from __future__ import annotations
+
+import sqlalchemy.engine
+import sqlalchemy.exc
+
+from skiptune.errors import SkiptuneError
+
+#: URL schemes skiptune accepts (the driver part after ``+`` is checked separately).
+SCHEMES = ("sqlite", "postgresql", "grpc")
+
+_EXAMPLES = "sqlite:///skiptune.db, postgresql+psycopg://user:password@host:5432/dbname, grpc://host:13000"
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***`` (safe to print in errors and logs)."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        # Not parseable: still never echo something that may hold a password after ':' and before '@'.
+        head, sep, tail = url.rpartition("@")
+        return f"{head.split(':', 2)[0]}:***@{tail}" if sep else url
+
+
+def normalize_url(url: str) -> str:
+    """Check the scheme and pick skiptune's driver: plain ``postgresql://`` means psycopg 3."""
+    scheme, sep, _ = url.partition("://")
+    backend, _, driver = scheme.partition("+")
+    if not sep or backend not in SCHEMES:
+        raise SkiptuneError(
+            f"unsupported storage URL {mask_url(url)!r}: expected one of the schemes "
+            f"{', '.join(SCHEMES)}, e.g. {_EXAMPLES}"
+        )
+    if backend == "postgresql" and driver in ("", "psycopg2", "psycopg"):
+        # psycopg 3 is the driver skiptune installs (extra `postgres`); psycopg2 is not a dependency.
+        return "postgresql+psycopg://" + url.partition("://")[2]
+    if backend == "postgresql":
+        raise SkiptuneError(
+            f"unsupported PostgreSQL driver {driver!r} in {mask_url(url)!r}: use postgresql+psycopg://"
+        )
+    if backend == "sqlite" and driver:
+        raise SkiptuneError(f"unsupported SQLite driver {driver!r} in {mask_url(url)!r}: use sqlite:///PATH")
+    return url
