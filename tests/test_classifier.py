@@ -28,6 +28,7 @@ def _random_extractor(width: int = 8) -> ClassifierExtractor:
     with torch.no_grad():  # non-trivial BatchNorm statistics, so eval mode is not the identity
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
+                assert m.running_mean is not None and m.running_var is not None
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
     return ClassifierExtractor(model.eval())
@@ -52,8 +53,8 @@ def test_shipped_classifier_reaches_92_percent_on_the_test_set() -> None:
 
 
 def test_shipped_reference_stats_match_the_shipped_extractor() -> None:
+    from skiptune.bundled import DEMO_REFERENCE_PATH
     from skiptune.objectives.reference import load_reference
-    from skiptune.training.reference_stats import DEMO_REFERENCE_PATH
 
     ref = load_reference(DEMO_REFERENCE_PATH)
     extractor = load_demo_extractor("cpu")

@@ -94,6 +94,7 @@ def test_rho_changes_do_not_recompile() -> None:
     net = tiny_precond("DhariwalUNet", label_dim=10, seed=9)
     fast = prepare_denoiser(net, precision="bf16", backend=counter)
     x, sigma, labels = _inputs(net, 4, seed=14)
+    assert labels is not None
     outs = []
     with torch.no_grad():
         for rho in [(1.0, 1.0), (0.8, 1.0), (1.3, 0.6)]:

@@ -11,9 +11,10 @@ import pytest
 import torch
 from helpers import TINY_SONG, tiny_precond
 
+from skiptune.bundled import ASSETS
 from skiptune.errors import SkiptuneError
 from skiptune.nets.checkpoints import save_checkpoint
-from skiptune.nets.registry import ASSETS, MODELS, fingerprint, load_model, register_model, resolve_model
+from skiptune.nets.registry import MODELS, fingerprint, load_model, register_model, resolve_model
 from skiptune.skips import SkipSchedule, skip_tuning
 
 CONFIG = dict(img_resolution=16, img_channels=3, label_dim=0, model_type="SongUNet", **TINY_SONG)

@@ -64,9 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_optuna() -> None:
+    """Optuna logs every study creation at INFO; the verbs print what matters themselves."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_optuna()
     try:
         return int(args._run(args) or 0)
     except SkiptuneError as exc:

@@ -64,12 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from skiptune.cli.common import parse_float_pair, parse_int_list, print_json
+    from skiptune.devices import resolve_device
     from skiptune.nets.registry import load_model
     from skiptune.objectives.features import create_extractor
     from skiptune.objectives.fid import FDObjective
     from skiptune.objectives.reference import load_reference
     from skiptune.skips import SkipSchedule
-    from skiptune.training.device import resolve_device
 
     bottom, top = parse_float_pair(args.rho, what="--rho")
     window = parse_float_pair(args.sigma_window, what="--sigma-window") if args.sigma_window else None

@@ -52,9 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from skiptune.devices import resolve_device
     from skiptune.nets.registry import load_model  # heavy imports after argument checks
     from skiptune.skips import skip_tuning
-    from skiptune.training.device import resolve_device
 
     seeds = parse_int_list(args.seeds, what="seed")
     SAMPLERS.get(args.sampler).steps_for_nfe(args.nfe)  # a bad NFE fails before loading the model

@@ -55,11 +55,11 @@ def add_extractor_weights(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from skiptune.cli.common import print_json
+    from skiptune.devices import resolve_device
     from skiptune.errors import SkiptuneError
     from skiptune.objectives.data import open_source
     from skiptune.objectives.features import create_extractor
     from skiptune.objectives.reference import compute_reference, save_reference
-    from skiptune.training.device import resolve_device
 
     if args.batch_size < 1 or (args.resolution is not None and args.resolution < 1):
         raise SkiptuneError(

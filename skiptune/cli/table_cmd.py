@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from skiptune.cli.common import add_json, add_storage, print_json, storage_url
 from skiptune.errors import SkiptuneError
@@ -52,5 +53,6 @@ def run(args: argparse.Namespace) -> int:
             f"{r['n_trials']}/{r['budget']}",
             r["study"],
         )
-    Console().print(table)
+    # a pipe or CI log is no terminal: give the table room instead of eliding columns
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
     return 0

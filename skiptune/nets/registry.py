@@ -15,11 +15,10 @@ from pathlib import Path
 
 import torch
 
+from skiptune.bundled import DEMO_MODEL_PATH
 from skiptune.errors import SkiptuneError
 from skiptune.nets.checkpoints import load_checkpoint
 from skiptune.registry import Registry
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 # Model name -> a function giving the checkpoint path (resolved at load time, so a model can be
 # registered before its file exists, e.g. the demo model before training it).
@@ -32,7 +31,7 @@ def register_model(name: str, path: str | Path, *, replace: bool = False) -> Non
     MODELS.register(name, lambda: resolved, replace=replace)
 
 
-register_model("demo", ASSETS / "fmnist-edm.pt")
+register_model("demo", DEMO_MODEL_PATH)
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from skiptune.bundled import DEMO_CLASSIFIER_PATH
 from skiptune.errors import SkiptuneError
 
 EXTRACTOR_NAME = "fmnist-classifier"
 CHECKPOINT_FORMAT = "skiptune-classifier"
 INPUT_RESOLUTION = 32
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-DEMO_CLASSIFIER_PATH = ASSETS / "fmnist-classifier.pt"
 
 # Fashion-MNIST pixel mean/std (of the 28x28 training images, in [0, 1]); normalising inside the
 # module means every caller feeds raw uint8 and nobody can forget or double the normalisation.

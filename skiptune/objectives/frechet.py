@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
 
 from skiptune.errors import SkiptuneError
 
@@ -92,5 +91,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
             f"mismatched statistics: mu {m1.shape} / {m2.shape}, sigma {s1.shape} / {s2.shape}; "
             "both sides must come from the same feature extractor (same dimension)"
         )
+    # imported here: the statistics alone must not pull in torch-fidelity (and torchvision)
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
     metric = fid_statistics_to_metric({"mu": m1, "sigma": s1}, {"mu": m2, "sigma": s2}, verbose=False)
     return float(metric[KEY_METRIC_FID])

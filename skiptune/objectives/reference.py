@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from skiptune.bundled import NAMED_REFERENCES
 from skiptune.errors import SkiptuneError
 from skiptune.objectives.data import ImageSource
 from skiptune.objectives.features import FeatureExtractor
@@ -119,9 +120,17 @@ def save_reference(reference: ReferenceStats, path: str | os.PathLike[str]) -> N
     _atomic_write(Path(path), lambda f: np.savez(f, **arrays))
 
 
+def resolve_reference(name_or_path: str | os.PathLike[str]) -> Path:
+    """A bundled reference's name (``demo``) or a path, as a path on this machine."""
+    return NAMED_REFERENCES.get(str(name_or_path), Path(name_or_path))
+
+
 def load_reference(path: str | os.PathLike[str]) -> ReferenceStats:
-    """Reference statistics from our ``.npz``, EDM's ``.npz`` or torch-fidelity's cached ``.pt``."""
-    path = Path(path)
+    """Reference statistics from our ``.npz``, EDM's ``.npz`` or torch-fidelity's cached ``.pt``.
+
+    ``path`` may also name a bundled reference (``demo``: the Fashion-MNIST training statistics).
+    """
+    path = resolve_reference(path)
     if not path.is_file():
         raise SkiptuneError(
             f"reference statistics {str(path)!r} not found; compute them with "

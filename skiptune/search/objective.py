@@ -13,11 +13,12 @@ from typing import Any
 
 import torch
 
+from skiptune.bundled import NAMED_REFERENCES
 from skiptune.errors import SkiptuneError
 from skiptune.nets.registry import LoadedModel
 from skiptune.objectives.features import create_extractor
 from skiptune.objectives.fid import FDObjective
-from skiptune.objectives.reference import ReferenceStats, load_reference
+from skiptune.objectives.reference import ReferenceStats, load_reference, resolve_reference
 from skiptune.sampling import SAMPLERS
 from skiptune.search.space import SearchSpace
 from skiptune.search.study import StudySpec
@@ -44,7 +45,12 @@ def study_specs(
     reference = load_reference(reference_path)
     args = {
         "extractor": extractor,
-        "reference_path": str(Path(reference_path).resolve()),
+        # a bundled reference is stored by name, resolved on each worker's machine
+        "reference_path": (
+            str(reference_path)
+            if str(reference_path) in NAMED_REFERENCES
+            else str(Path(reference_path).resolve())
+        ),
         "reference_sha256": reference.sha256,
         "n_samples": n_samples,
         "rungs": list(rungs),
@@ -75,7 +81,7 @@ def study_specs(
 
 def _checked_reference(spec: StudySpec) -> ReferenceStats:
     args = spec.objective_args
-    path, expected = Path(args["reference_path"]), args["reference_sha256"]
+    path, expected = resolve_reference(args["reference_path"]), args["reference_sha256"]
     if not path.is_file():
         raise SkiptuneError(
             f"study {spec.name!r} needs reference statistics {str(path)!r} (sha256 {expected[:12]}...), "

@@ -24,6 +24,7 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from skiptune.devices import resolve_device
 from skiptune.errors import SkiptuneError
 from skiptune.search.algorithms import build_sampler
 from skiptune.search.budget import fresh_trials, used_budget
@@ -56,18 +57,6 @@ class WorkerSummary:
     def evaluated(self) -> int:
         """Trials this worker evaluated (over-budget refusals are not evaluations)."""
         return sum(o.state != "over_budget" for o in self.outcomes)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise SkiptuneError(f"bad device {device!r}: expected auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SkiptuneError(f"device {device!r} asked for but CUDA is not available here; use --device cpu")
-    return dev
 
 
 def run_worker(

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
+from skiptune.devices import resolve_device
 from skiptune.errors import SkiptuneError
-from skiptune.training.device import resolve_device
 
 LogFn = Callable[[dict[str, Any]], None]
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from skiptune.training.reference_stats import DEMO_REFERENCE_PATH, split_stats, stats_of_batches
+from skiptune.bundled import DEMO_REFERENCE_PATH
+from skiptune.training.reference_stats import split_stats, stats_of_batches
 
 LogFn = Callable[[dict[str, Any]], None]
 

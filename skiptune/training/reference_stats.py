@@ -8,12 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from skiptune.objectives.classifier import ASSETS, ClassifierExtractor
+from skiptune.objectives.classifier import ClassifierExtractor
 
 if TYPE_CHECKING:  # frechet imports torch-fidelity: keep it out of module import
     from skiptune.objectives.frechet import FeatureStats
-
-DEMO_REFERENCE_PATH = ASSETS / "fmnist-train-stats.npz"
 
 
 def stats_of_batches(extractor: ClassifierExtractor, batches: Iterable[torch.Tensor]) -> FeatureStats:
