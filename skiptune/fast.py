@@ -126,12 +126,16 @@ class FastDenoiser(torch.nn.Module):
         if self.settings.is_plain:
             return cast(torch.Tensor, self.net(x, sigma, class_labels))
         n = x.shape[0]
-        sigma = torch.as_tensor(sigma, device=x.device, dtype=torch.float32).reshape(-1).expand(n)
+        sig = torch.as_tensor(sigma, device=x.device, dtype=torch.float32).reshape(-1).expand(n)
         labels = class_labels
+        if torch.is_inference_mode_enabled():
+            # Compiled graphs are guarded on whether each input is an inference tensor; the sampler's
+            # labels are made outside inference mode and its x inside, so make all three alike.
+            x, sig, labels = _as_inference(x), _as_inference(sig), _as_inference(labels)
         if self.settings.pad_batches and self.settings.compile and 0 < n < self._max_batch:
-            x, sigma, labels = _pad_batch(self._max_batch, x, sigma, labels)
+            x, sig, labels = _pad_batch(self._max_batch, x, sig, labels)
         self._max_batch = max(self._max_batch, n)
-        out = self._run(x, sigma, labels)
+        out = self._run(x, sig, labels)
         # CUDA graph outputs live in memory the next replay overwrites: hand out a copy.
         return out[:n].clone() if self.settings.cuda_graphs or out.shape[0] != n else out
 
@@ -149,6 +153,10 @@ class FastDenoiser(torch.nn.Module):
         else:
             out = self.net(x, sigma, class_labels)
         return out.to(torch.float32).contiguous()
+
+
+def _as_inference(t: torch.Tensor | None) -> Any:
+    return t.clone() if t is not None and not t.is_inference() else t
 
 
 def _pad_batch(

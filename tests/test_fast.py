@@ -125,3 +125,19 @@ def test_sampler_runs_through_the_fast_path() -> None:
     got = sample_batch(fast, sampler="heun", nfe=5, seeds=range(3), device="cpu")
     # bf16 rounding compounds over 5 evaluations of a random (untrained, so less smooth) net
     assert torch.isfinite(got).all() and 1e-5 < _rel(got, ref) < 6e-2
+
+
+def test_inference_and_normal_inputs_share_one_graph() -> None:
+    """The sampler mixes inference tensors (x, sigma) with normal ones (labels): no second compile."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    net = tiny_precond("DhariwalUNet", label_dim=10, seed=8)
+    fast = prepare_denoiser(net, precision="bf16", backend=counter)
+    x, sigma, labels = _inputs(net, 4, seed=16)
+    with torch.inference_mode():
+        first = fast(x, sigma, labels)
+        x2, sigma2 = x.clone(), sigma.clone()  # inference tensors now
+        second = fast(x2, sigma2, labels)
+    assert counter.frame_count == 1 and torch.equal(first, second)

@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=120,
         help="seconds without heartbeat before a trial counts as dead (default: %(default)s)",
     )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto: bf16 + channels_last + torch.compile on CUDA, fp32 on the CPU (default: %(default)s)",
+    )
     add_storage(parser)
 
 
@@ -72,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         max_trials=args.max_trials,
         heartbeat=args.heartbeat,
         grace=args.grace,
+        precision=args.precision,
     )
     if args.devices:
         devices = [f"cuda:{i}" for i in parse_int_list(args.devices, what="device")]

@@ -106,6 +106,11 @@ class Conv2d(torch.nn.Module):
         )
         self.resample_filter: torch.Tensor | None
         self.register_buffer("resample_filter", _resample_filter(resample_filter) if up or down else None)
+        # A [1, 1] filter is a 2x2 box: up-sampling is then nearest-neighbour repetition and
+        # down-sampling 2x2 average pooling, which are far faster than EDM's depthwise convolutions
+        # (same values; the pooled mean may differ from the weighted sum in the last bit).
+        taps = [float(t) for t in resample_filter]
+        self._box = len(taps) == 2 and taps[0] == taps[1] != 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight.to(x.dtype) if self.weight is not None else None
@@ -123,11 +128,14 @@ class Conv2d(torch.nn.Module):
     def _up(self, x: torch.Tensor, f: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
         w_pad = w.shape[-1] // 2 if w is not None else 0
         f_pad = (f.shape[-1] - 1) // 2
-        # The filter is scaled by 4 because a stride-2 transposed conv spreads each pixel over 4.
-        taps = f.mul(4).tile([self.in_channels, 1, 1, 1])
         fused = self.fused_resample and w is not None
-        pad = max(f_pad - w_pad, 0) if fused else f_pad
-        x = torch.nn.functional.conv_transpose2d(x, taps, groups=self.in_channels, stride=2, padding=pad)
+        if self._box:  # f_pad == 0: the transposed conv repeats each pixel into a 2x2 block
+            x = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+        else:
+            # The filter is scaled by 4 because a stride-2 transposed conv spreads each pixel over 4.
+            taps = f.mul(4).tile([self.in_channels, 1, 1, 1])
+            pad = max(f_pad - w_pad, 0) if fused else f_pad
+            x = torch.nn.functional.conv_transpose2d(x, taps, groups=self.in_channels, stride=2, padding=pad)
         if w is not None:
             x = torch.nn.functional.conv2d(x, w, padding=max(w_pad - f_pad, 0) if fused else w_pad)
         return x
@@ -138,13 +146,19 @@ class Conv2d(torch.nn.Module):
         if self.fused_resample and w is not None:
             # Convolve first, then filter+decimate the (cheaper after stride) output channels.
             x = torch.nn.functional.conv2d(x, w, padding=w_pad + f_pad)
-            taps = f.tile([self.out_channels, 1, 1, 1])
-            return torch.nn.functional.conv2d(x, taps, groups=self.out_channels, stride=2)
-        taps = f.tile([self.in_channels, 1, 1, 1])
-        x = torch.nn.functional.conv2d(x, taps, groups=self.in_channels, stride=2, padding=f_pad)
+            return self._decimate(x, f, self.out_channels, pad=0)
+        x = self._decimate(x, f, self.in_channels, pad=f_pad)
         if w is not None:
             x = torch.nn.functional.conv2d(x, w, padding=w_pad)
         return x
+
+
+    def _decimate(self, x: torch.Tensor, f: torch.Tensor, channels: int, *, pad: int) -> torch.Tensor:
+        """Filter with ``f`` and keep every second pixel (EDM's stride-2 depthwise convolution)."""
+        if self._box:  # pad == 0 for a 2-tap filter
+            return torch.nn.functional.avg_pool2d(x, 2)
+        taps = f.tile([channels, 1, 1, 1])
+        return torch.nn.functional.conv2d(x, taps, groups=channels, stride=2, padding=pad)
 
 
 class GroupNorm(torch.nn.Module):
@@ -175,9 +189,10 @@ def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     Equals EDM's ``softmax(q^T k / sqrt(C))`` followed by the weighted sum of ``v``; the fused kernel
     accumulates in float32 like EDM's AttentionOp and avoids materialising the ``P x P`` weights.
     """
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    )
+    # [B, P, C] made contiguous: a strided last dimension sends SDPA to its slow math path (fp32
+    # matmuls even for bf16 input) instead of the flash / memory-efficient kernels.
+    q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     return out.transpose(1, 2)
 
 

@@ -72,8 +72,13 @@ def run_worker(
     grace: int | None = 120,
     worker_index: int = 0,
     objective_factory: ObjectiveFactory | None = None,
+    precision: str = "auto",
 ) -> WorkerSummary:
-    """Evaluate trials until the selected studies' budgets are met (or ``max_trials`` were run)."""
+    """Evaluate trials until the selected studies' budgets are met (or ``max_trials`` were run).
+
+    ``precision="auto"`` runs the fast path on CUDA (bf16 + channels_last + torch.compile, see
+    ``skiptune.fast``) and plain fp32 elsewhere; ``"fp32"`` forces the plain network.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -85,6 +90,7 @@ def run_worker(
     from skiptune.nets.registry import load_model  # heavy import, after the cheap checks
 
     loaded = load_model(model, device=dev)
+    net = _fast_net(loaded.net, dev, precision)
     studies = _select_studies(storage, loaded.name, loaded.fingerprint, sampler, nfes)
     factory = objective_factory or default_objective_factory
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{worker_index}"
@@ -95,7 +101,7 @@ def run_worker(
     def objective_for(s: StoredStudy) -> Objective:
         if s.name not in objectives:
             objectives[s.name] = _checked_objective(
-                factory(loaded.net, s.spec, device=dev, batch_size=batch_size), s
+                factory(net, s.spec, device=dev, batch_size=batch_size), s
             )
         return objectives[s.name]
 
@@ -219,6 +225,20 @@ class _Loop:
                 return None
             time.sleep(self.poll_s)  # other workers' trials may still die and need a re-run
         return None
+
+
+def _fast_net(net: torch.nn.Module, device: torch.device, precision: str) -> torch.nn.Module:
+    """The network as the worker samples with it: the fast path on CUDA unless told otherwise."""
+    from skiptune.fast import FP32, FastPath, default_fast_path, prepare_with
+
+    if precision == "auto":
+        settings = default_fast_path(device)
+    else:  # FastPath validates the name
+        settings = FP32 if precision == "fp32" else FastPath(precision=precision)  # type: ignore[arg-type]
+    if settings.is_plain:
+        return net
+    _log.info("fast path on %s: %s (compiles on first use)", device, settings.to_dict())
+    return prepare_with(net, settings)
 
 
 def _process_main(storage_url: str, kwargs: dict[str, Any]) -> None:
