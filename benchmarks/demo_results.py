@@ -61,6 +61,8 @@ def distance(
 def reevaluate(net: torch.nn.Module, args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for row in summary_rows(args.storage, args.model):
+        if args.nfe and (row["sampler"], row["nfe"]) not in args.nfe:
+            continue
         best = SkipSchedule(row["rho_bottom"], row["rho_top"])
         out: dict[str, Any] = {
             "study": row["study"],
@@ -153,7 +155,9 @@ def main() -> None:
     p.add_argument("--reeval-samples", type=int, default=50000)
     p.add_argument("--grid-samples", type=int, default=10000)
     p.add_argument("--parts", default="precision,grid,reeval")
+    p.add_argument("--only", default="", help="re-evaluate only these studies, e.g. heun:9,heun:13")
     args = p.parse_args()
+    args.nfe = {(s.split(":")[0], int(s.split(":")[1])) for s in args.only.split(",") if s}
     torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 reference stays fp32
     torch.backends.cudnn.allow_tf32 = False
     net = load_model(args.model, device=args.device).net

@@ -55,6 +55,7 @@ def _distance_vs_nfe(rows: list[dict[str, Any]], model: str, path: Path) -> Path
             ax.plot(*zip(*tuned), "s-", label=f"{sampler} skip-tuned")
     ax.set_xlabel("NFE")
     ax.set_ylabel("Fréchet distance")
+    ax.set_yscale("log")  # distances fall by orders of magnitude with NFE; gains are ratios
     ax.set_title(f"{model}: baseline vs skip-tuned")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
