@@ -136,8 +136,8 @@ def test_mask_url() -> None:
     assert "secret" not in mask_url("garbage://u:secret@@h")
 
 
-def test_grpc_without_grpcio_is_a_clear_error() -> None:
-    pytest.importorskip("sqlalchemy")
+def test_grpc_without_grpcio_or_proxy_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("skiptune.storage.open.GRPC_CONNECT_TIMEOUT_S", 1.0)
     try:
         import grpc  # noqa: F401
     except ImportError:

@@ -31,6 +31,8 @@ POSTGRES_ENGINE_KWARGS: dict[str, Any] = {
     "connect_args": {"connect_timeout": 10},
 }
 
+GRPC_CONNECT_TIMEOUT_S = 10.0  # how long a verb waits for the gRPC storage proxy to answer
+
 
 def open_storage(
     url: str,
@@ -136,9 +138,11 @@ def _open_grpc(url: str) -> optuna.storages.BaseStorage:
     parsed = sqlalchemy.engine.make_url(url)
     if not parsed.host or not parsed.port:
         raise SkiptuneError(f"bad gRPC storage URL {url!r}: expected grpc://HOST:PORT, e.g. grpc://db:13000")
-    proxy = optuna.storages.GrpcStorageProxy(host=parsed.host, port=parsed.port)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # else printed by every verb
+        proxy = optuna.storages.GrpcStorageProxy(host=parsed.host, port=parsed.port)
     try:
-        proxy.wait_server_ready(timeout=10)
+        proxy.wait_server_ready(timeout=GRPC_CONNECT_TIMEOUT_S)
     except Exception as exc:  # grpc raises its own FutureTimeoutError / RpcError
         raise SkiptuneError(
             f"cannot reach the gRPC storage proxy at {url!r} ({type(exc).__name__}); start it with: "
