@@ -1,7 +1,16 @@
-"""Networks: EDM-compatible backbones and preconditioning with Skip-Tuning coefficient buffers."""
+"""Networks: EDM / EDM2-compatible backbones and preconditioning with Skip-Tuning coefficient buffers."""
 
 from __future__ import annotations
 
 from skiptune.nets.edm import BACKBONES, DhariwalUNet, EDMPrecond, SkipTunableBackbone, SongUNet
+from skiptune.nets.edm2 import EDM2Precond, EDM2UNet
 
-__all__ = ["BACKBONES", "DhariwalUNet", "EDMPrecond", "SkipTunableBackbone", "SongUNet"]
+__all__ = [
+    "BACKBONES",
+    "DhariwalUNet",
+    "EDM2Precond",
+    "EDM2UNet",
+    "EDMPrecond",
+    "SkipTunableBackbone",
+    "SongUNet",
+]

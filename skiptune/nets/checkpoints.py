@@ -29,6 +29,7 @@ import torch
 
 from skiptune.errors import SkiptuneError
 from skiptune.nets.edm import BACKBONES, EDMPrecond
+from skiptune.nets.edm2 import EDM2Precond, EDM2UNet
 from skiptune.registry import Registry
 
 FORMAT = "skiptune"
@@ -39,6 +40,11 @@ NETWORK_CLASSES: Registry[Callable[..., torch.nn.Module]] = Registry("network cl
 NETWORK_CLASSES.register("EDMPrecond", EDMPrecond)
 for _name in BACKBONES:
     NETWORK_CLASSES.register(_name, BACKBONES.get(_name))
+# EDM2 pickles record only the bare class names of training/networks_edm2.py (persistence keeps no
+# module path), so "Precond" / "UNet" mean EDM2's; our own files name our classes.
+for _name, _cls in (("Precond", EDM2Precond), ("UNet", EDM2UNet), ("EDM2Precond", EDM2Precond),
+                    ("EDM2UNet", EDM2UNet)):
+    NETWORK_CLASSES.register(_name, _cls)
 
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> torch.nn.Module:
