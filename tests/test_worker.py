@@ -125,6 +125,7 @@ def _check(studies: dict[int, list[FrozenTrial]], killed: FrozenTrial, victim_pi
         assert len(finished) == BUDGET == sum(counts_against_budget(t) for t in trials), (nfe, states)
         # Every evaluation that began (claimed: worker attribute set) finished, except the killed one.
         started = [t for t in trials if WORKER_ATTR in t.user_attrs]
+        assert {t.user_attrs.get("skiptune_precision") for t in started} == {"fp32"}  # CPU workers: plain net
         stale += [t for t in started if t.state == TrialState.FAIL and FAIL_ATTR not in t.user_attrs]
         assert len(started) == len(finished) + (nfe == nfe_of(killed, studies))
         baseline = [t for t in finished if t.user_attrs.get(ROLE_ATTR) == "baseline"]

@@ -14,14 +14,14 @@ from skiptune.search.worker import _fast_net
 
 def test_auto_on_cpu_is_the_plain_network() -> None:
     net = tiny_precond()
-    assert _fast_net(net, torch.device("cpu"), "auto") is net
-    assert _fast_net(net, torch.device("cpu"), "fp32") is net
+    assert _fast_net(net, torch.device("cpu"), "auto") == (net, "fp32")
+    assert _fast_net(net, torch.device("cpu"), "fp32") == (net, "fp32")
 
 
 def test_named_precision_wraps_the_network_and_keeps_its_parameters() -> None:
     net = tiny_precond()
-    fast = _fast_net(net, torch.device("cpu"), "bf16")
-    assert isinstance(fast, FastDenoiser) and fast.net is net
+    fast, label = _fast_net(net, torch.device("cpu"), "bf16")
+    assert isinstance(fast, FastDenoiser) and fast.net is net and label == "bf16"
     assert fast.settings.precision == "bf16"
 
 

@@ -24,6 +24,7 @@ _log = logging.getLogger(__name__)
 
 #: Trial user attribute: the worker that evaluated the trial ("host:pid:index").
 WORKER_ATTR = "skiptune_worker"
+PRECISION_ATTR = "skiptune_precision"  # fp32 / bf16 / fp16: what the evaluating worker sampled in
 
 
 class Objective(Protocol):
@@ -49,6 +50,7 @@ def run_one_trial(
     *,
     worker_id: str,
     stop: StopSignal,
+    precision: str = "fp32",
 ) -> TrialOutcome:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "heartbeat is supposed to be used with optimize"
@@ -57,6 +59,7 @@ def run_one_trial(
         if not within_budget(storage, study._study_id, trial.number, spec.n_trials):
             _fail(study, trial, OVER_BUDGET, "the study's budget was claimed by other workers first")
             return TrialOutcome(trial.number, "over_budget")
+        trial.set_user_attr(PRECISION_ATTR, precision)  # first: a trial with a worker has its precision
         trial.set_user_attr(WORKER_ATTR, worker_id)
         try:
             return _evaluate(study, trial, spec, objective, stop)

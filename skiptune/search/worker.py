@@ -90,7 +90,7 @@ def run_worker(
     from skiptune.nets.registry import load_model  # heavy import, after the cheap checks
 
     loaded = load_model(model, device=dev)
-    net = _fast_net(loaded.net, dev, precision)
+    net, precision_used = _fast_net(loaded.net, dev, precision)
     studies = _select_studies(storage, loaded.name, loaded.fingerprint, sampler, nfes)
     factory = objective_factory or default_objective_factory
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{worker_index}"
@@ -120,6 +120,7 @@ def run_worker(
                 objective_for(target),
                 worker_id=worker_id,
                 stop=stop,
+                precision=precision_used,
             )
             _log.info("%s trial %d: %s %s", target.name, outcome.number, outcome.state, outcome.value or "")
             summary.outcomes.append(outcome)
@@ -227,8 +228,9 @@ class _Loop:
         return None
 
 
-def _fast_net(net: torch.nn.Module, device: torch.device, precision: str) -> torch.nn.Module:
-    """The network as the worker samples with it: the fast path on CUDA unless told otherwise."""
+def _fast_net(net: torch.nn.Module, device: torch.device, precision: str) -> tuple[torch.nn.Module, str]:
+    """The network as the worker samples with it (the fast path on CUDA unless told otherwise), and
+    the precision it runs in, recorded with every trial."""
     from skiptune.fast import FP32, FastPath, default_fast_path, prepare_with
 
     if precision == "auto":
@@ -236,9 +238,9 @@ def _fast_net(net: torch.nn.Module, device: torch.device, precision: str) -> tor
     else:  # FastPath validates the name
         settings = FP32 if precision == "fp32" else FastPath(precision=precision)  # type: ignore[arg-type]
     if settings.is_plain:
-        return net
+        return net, "fp32"
     _log.info("fast path on %s: %s (compiles on first use)", device, settings.to_dict())
-    return prepare_with(net, settings)
+    return prepare_with(net, settings), settings.precision
 
 
 def _process_main(storage_url: str, kwargs: dict[str, Any]) -> None:
