@@ -151,14 +151,14 @@ def test_storage_bytes_are_read_weights_only(tmp_path: Path) -> None:
 
 def test_unknown_class_and_mismatched_weights(tmp_path: Path, fake_persistence: Any) -> None:
     net = tiny_precond("SongUNet")
-    unknown = tmp_path / "vp.pkl"
+    unknown = tmp_path / "iddpm.pkl"
     unknown.write_bytes(edm_pickle({"ema": net}, net, precond_kwargs("SongUNet"), fake_persistence,
-                                   tmp_path / "m", class_name="VPPrecond"))
+                                   tmp_path / "m", class_name="iDDPMPrecond"))
     wrong = tmp_path / "wrong.pkl"
     wrong.write_bytes(edm_pickle({"ema": net}, net, {**precond_kwargs("SongUNet"), "model_channels": 8},
                                  fake_persistence, tmp_path / "m"))
     sys.modules.pop("torch_utils.persistence")
-    with pytest.raises(SkiptuneError, match="'VPPrecond' is not supported"):
+    with pytest.raises(SkiptuneError, match="'iDDPMPrecond' is not supported"):
         load_checkpoint(unknown)
     with pytest.raises(SkiptuneError, match="shapes do not match"):
         load_checkpoint(wrong)

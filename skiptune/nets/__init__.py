@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from skiptune.nets.edm import BACKBONES, DhariwalUNet, EDMPrecond, SkipTunableBackbone, SongUNet
 from skiptune.nets.edm2 import EDM2Precond, EDM2UNet
+from skiptune.nets.precond import VEPrecond, VPPrecond
 
 __all__ = [
     "BACKBONES",
@@ -13,4 +14,6 @@ __all__ = [
     "EDMPrecond",
     "SkipTunableBackbone",
     "SongUNet",
+    "VEPrecond",
+    "VPPrecond",
 ]

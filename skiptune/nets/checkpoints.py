@@ -30,6 +30,7 @@ import torch
 from skiptune.errors import SkiptuneError
 from skiptune.nets.edm import BACKBONES, EDMPrecond
 from skiptune.nets.edm2 import EDM2Precond, EDM2UNet
+from skiptune.nets.precond import VEPrecond, VPPrecond
 from skiptune.registry import Registry
 
 FORMAT = "skiptune"
@@ -38,6 +39,8 @@ FORMAT_VERSION = 1
 # Class name (as EDM pickles and our files spell it) -> constructor taking the recorded kwargs.
 NETWORK_CLASSES: Registry[Callable[..., torch.nn.Module]] = Registry("network class")
 NETWORK_CLASSES.register("EDMPrecond", EDMPrecond)
+NETWORK_CLASSES.register("VPPrecond", VPPrecond)
+NETWORK_CLASSES.register("VEPrecond", VEPrecond)
 for _name in BACKBONES:
     NETWORK_CLASSES.register(_name, BACKBONES.get(_name))
 # EDM2 pickles record only the bare class names of training/networks_edm2.py (persistence keeps no
