@@ -450,67 +450,55 @@ class DhariwalUNet(SkipTunableBackbone):
         return self.out_conv(silu(self.out_norm(x)))
 
 
-class EDMPrecond(torch.nn.Module):
-    """EDM preconditioning ``D(x, sigma) = c_skip x + c_out F(c_in x, c_noise)`` around a backbone.
+def _build_backbone(model_type: str, **kwargs: Any) -> SkipTunableBackbone:
+    """``BACKBONES[model_type](**kwargs)``, with a clear error for keywords the backbone lacks."""
+    backbone = BACKBONES.get(model_type)
+    try:
+        inspect.signature(backbone).bind(**kwargs)
+    except TypeError as exc:
+        raise SkiptuneError(
+            f"{model_type} does not accept the arguments {sorted(kwargs)}: {exc}; "
+            f"see the {model_type} constructor for its keywords"
+        ) from None
+    return backbone(**kwargs)
+
+
+class SkipTunablePrecond(torch.nn.Module):
+    """What every EDM preconditioning shares: ``D(x, sigma) = c_skip x + c_out F(c_in x, c_noise)``
+    around a skip-tunable backbone ``model``, labels, and the ``skip_window`` buffer.
 
     ``skip_window`` (non-persistent, ``[lo, hi]``) selects the samples whose sigma lies in
-    ``[lo, hi]``; only those get the backbone's skip coefficients.
+    ``[lo, hi]``; only those get the backbone's skip coefficients. Subclasses give the four
+    coefficients in ``_coefficients``.
     """
 
     skip_window: torch.Tensor
 
-    def __init__(
-        self,
-        img_resolution: int,
-        img_channels: int,
-        label_dim: int = 0,
-        use_fp16: bool = False,
-        sigma_min: float = 0,
-        sigma_max: float = float("inf"),
-        sigma_data: float = 0.5,
-        model_type: str = "DhariwalUNet",
-        **model_kwargs: Any,
-    ) -> None:
-        super().__init__()
+    def _setup(self, init_kwargs: dict[str, Any], model_type: str, model_kwargs: dict[str, Any]) -> None:
         # The constructor arguments, so save_checkpoint() can rebuild the net without a config.
         self.init_kwargs: dict[str, Any] = copy.deepcopy(
-            dict(
-                img_resolution=img_resolution,
-                img_channels=img_channels,
-                label_dim=label_dim,
-                use_fp16=use_fp16,
-                sigma_min=sigma_min,
-                sigma_max=sigma_max,
-                sigma_data=sigma_data,
-                model_type=model_type,
-                **model_kwargs,
-            )
+            {**init_kwargs, "model_type": model_type, **model_kwargs}
         )
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.label_dim = label_dim
-        self.use_fp16 = use_fp16
-        self.sigma_min = sigma_min
-        self.sigma_max = sigma_max
-        self.sigma_data = sigma_data
-        backbone = BACKBONES.get(model_type)
-        kwargs = dict(
-            img_resolution=img_resolution,
-            in_channels=img_channels,
-            out_channels=img_channels,
-            label_dim=label_dim,
+        self.img_resolution: int = init_kwargs["img_resolution"]
+        self.img_channels: int = init_kwargs["img_channels"]
+        self.label_dim: int = init_kwargs["label_dim"]
+        self.use_fp16: bool = init_kwargs["use_fp16"]
+        self.model: SkipTunableBackbone = _build_backbone(
+            model_type,
+            img_resolution=self.img_resolution,
+            in_channels=self.img_channels,
+            out_channels=self.img_channels,
+            label_dim=self.label_dim,
             **model_kwargs,
         )
-        try:
-            inspect.signature(backbone).bind(**kwargs)
-        except TypeError as exc:
-            raise SkiptuneError(
-                f"{model_type} does not accept the arguments {sorted(model_kwargs)}: {exc}; "
-                f"see the {model_type} constructor for its keywords"
-            ) from None
-        self.model: SkipTunableBackbone = backbone(**kwargs)
         window = torch.tensor([-math.inf, math.inf], dtype=torch.float32)
         self.register_buffer("skip_window", window, persistent=False)
+
+    def _coefficients(
+        self, sigma: torch.Tensor
+    ) -> tuple[float | torch.Tensor, torch.Tensor, float | torch.Tensor, torch.Tensor]:
+        """``(c_skip, c_out, c_in, c_noise)`` for float32 sigma ``[N, 1, 1, 1]``."""
+        raise NotImplementedError
 
     def forward(
         self,
@@ -525,13 +513,7 @@ class EDMPrecond(torch.nn.Module):
         labels = self._class_labels(class_labels, x)
         fp16 = self.use_fp16 and not force_fp32 and x.device.type == "cuda"
         dtype = torch.float16 if fp16 else torch.float32
-
-        sd2 = self.sigma_data**2
-        c_skip = sd2 / (sigma**2 + sd2)
-        c_out = sigma * self.sigma_data / (sigma**2 + sd2).sqrt()
-        c_in = 1 / (sd2 + sigma**2).sqrt()
-        c_noise = sigma.log() / 4
-
+        c_skip, c_out, c_in, c_noise = self._coefficients(sigma)
         window = self.skip_window.to(device=x.device, dtype=torch.float32)
         skip_mask = ((sigma >= window[0]) & (sigma <= window[1])).reshape(-1)
         f_x = self.model(
@@ -550,3 +532,43 @@ class EDMPrecond(torch.nn.Module):
 
     def round_sigma(self, sigma: torch.Tensor | float) -> torch.Tensor:
         return torch.as_tensor(sigma)
+
+
+class EDMPrecond(SkipTunablePrecond):
+    """EDM preconditioning (Karras et al. 2022) around a backbone."""
+
+    def __init__(
+        self,
+        img_resolution: int,
+        img_channels: int,
+        label_dim: int = 0,
+        use_fp16: bool = False,
+        sigma_min: float = 0,
+        sigma_max: float = float("inf"),
+        sigma_data: float = 0.5,
+        model_type: str = "DhariwalUNet",
+        **model_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        init = dict(
+            img_resolution=img_resolution,
+            img_channels=img_channels,
+            label_dim=label_dim,
+            use_fp16=use_fp16,
+            sigma_min=sigma_min,
+            sigma_max=sigma_max,
+            sigma_data=sigma_data,
+        )
+        self._setup(init, model_type, model_kwargs)
+        self.sigma_min = sigma_min
+        self.sigma_max = sigma_max
+        self.sigma_data = sigma_data
+
+    def _coefficients(
+        self, sigma: torch.Tensor
+    ) -> tuple[float | torch.Tensor, torch.Tensor, float | torch.Tensor, torch.Tensor]:
+        sd2 = self.sigma_data**2
+        c_skip = sd2 / (sigma**2 + sd2)
+        c_out = sigma * self.sigma_data / (sigma**2 + sd2).sqrt()
+        c_in = 1 / (sd2 + sigma**2).sqrt()
+        return c_skip, c_out, c_in, sigma.log() / 4
