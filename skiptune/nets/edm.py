@@ -450,6 +450,25 @@ class DhariwalUNet(SkipTunableBackbone):
         return self.out_conv(silu(self.out_norm(x)))
 
 
+def precond_labels(
+    class_labels: torch.Tensor | None, label_dim: int, device: torch.device
+) -> torch.Tensor | None:
+    """Labels as a preconditioning passes them on: one-hot float32 ``[N, label_dim]``, or EDM's
+    all-zero label (the unconditional direction, broadcast over the batch) when none are given."""
+    if label_dim == 0:
+        return None
+    if class_labels is None:
+        return torch.zeros([1, label_dim], device=device)
+    labels = one_hot_labels(torch.as_tensor(class_labels, device=device), label_dim)
+    return labels.to(torch.float32).reshape(-1, label_dim)
+
+
+def window_mask(skip_window: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per sample: is its sigma inside ``skip_window = [lo, hi]`` (both ends included)?"""
+    window = skip_window.to(device=sigma.device, dtype=torch.float32)
+    return ((sigma >= window[0]) & (sigma <= window[1])).reshape(-1)
+
+
 def _build_backbone(model_type: str, **kwargs: Any) -> SkipTunableBackbone:
     """``BACKBONES[model_type](**kwargs)``, with a clear error for keywords the backbone lacks."""
     backbone = BACKBONES.get(model_type)
@@ -514,21 +533,14 @@ class SkipTunablePrecond(torch.nn.Module):
         fp16 = self.use_fp16 and not force_fp32 and x.device.type == "cuda"
         dtype = torch.float16 if fp16 else torch.float32
         c_skip, c_out, c_in, c_noise = self._coefficients(sigma)
-        window = self.skip_window.to(device=x.device, dtype=torch.float32)
-        skip_mask = ((sigma >= window[0]) & (sigma <= window[1])).reshape(-1)
+        skip_mask = window_mask(self.skip_window, sigma)
         f_x = self.model(
             (c_in * x).to(dtype), c_noise.flatten(), class_labels=labels, skip_mask=skip_mask, **model_kwargs
         )
         return c_skip * x + c_out * f_x.to(torch.float32)
 
     def _class_labels(self, class_labels: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
-        if self.label_dim == 0:
-            return None
-        if class_labels is None:
-            # EDM's convention: the all-zero label (unconditional direction), broadcast over the batch.
-            return torch.zeros([1, self.label_dim], device=x.device)
-        labels = one_hot_labels(torch.as_tensor(class_labels, device=x.device), self.label_dim)
-        return labels.to(torch.float32).reshape(-1, self.label_dim)
+        return precond_labels(class_labels, self.label_dim, x.device)
 
     def round_sigma(self, sigma: torch.Tensor | float) -> torch.Tensor:
         return torch.as_tensor(sigma)

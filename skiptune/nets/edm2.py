@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from skiptune.errors import SkiptuneError
-from skiptune.nets.edm import SkipTunableBackbone, one_hot_labels
+from skiptune.nets.edm import SkipTunableBackbone, precond_labels, window_mask
 
 __all__ = ["EDM2Block", "EDM2Precond", "EDM2UNet", "MPConv", "MPFourier", "mp_cat", "mp_silu", "mp_sum"]
 
@@ -377,8 +377,7 @@ class EDM2Precond(torch.nn.Module):
         c_in = 1 / (sd2 + sigma**2).sqrt()
         c_noise = sigma.flatten().log() / 4
 
-        window = self.skip_window.to(device=x.device, dtype=torch.float32)
-        skip_mask = ((sigma >= window[0]) & (sigma <= window[1])).reshape(-1)
+        skip_mask = window_mask(self.skip_window, sigma)
         f_x = self.unet((c_in * x).to(dtype), c_noise, labels, skip_mask=skip_mask, **unet_kwargs)
         d_x = c_skip * x + c_out * f_x.to(torch.float32)
         if return_logvar:
@@ -387,13 +386,7 @@ class EDM2Precond(torch.nn.Module):
         return d_x
 
     def _class_labels(self, class_labels: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
-        if self.label_dim == 0:
-            return None
-        if class_labels is None:
-            # EDM2's convention: the all-zero label, broadcast over the batch.
-            return torch.zeros([1, self.label_dim], device=x.device)
-        labels = one_hot_labels(torch.as_tensor(class_labels, device=x.device), self.label_dim)
-        return labels.to(torch.float32).reshape(-1, self.label_dim)
+        return precond_labels(class_labels, self.label_dim, x.device)
 
     def round_sigma(self, sigma: torch.Tensor | float) -> torch.Tensor:
         return torch.as_tensor(sigma)
