@@ -87,3 +87,21 @@ def test_reference_loop_matches_our_heun() -> None:
         ours = SAMPLERS.get("heun").fn(net, latents.double() * 80.0, edm_sigmas(net, 3, device="cpu"))
     # both pass sigma to the net as float32; only the float64 step arithmetic may round differently
     assert (ref - ours).abs().max() < 1e-4 * ours.abs().max() and not torch.equal(ref, latents.double() * 80)
+
+
+GROUP_NORM = "group-norm/elementwise (Triton)"
+
+
+@pytest.mark.parametrize(
+    "kernel, kind",
+    [  # names as torch.profiler reported them on the H100 (docs/performance/*.log)
+        ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64", "conv"),
+        ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x64", "attention"),
+        ("triton_per_fused__safe_softmax_exp_prepare_softmax_online_sub_32", "attention"),
+        ("triton_poi_fused__to_copy_clone_convolution_native_group_norm_silu", GROUP_NORM),
+        ("nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_TNN", "gemm"),
+        ("Memcpy DtoD (Device -> Device)", "other"),
+    ],
+)
+def test_profile_kernel_kinds(kernel: str, kind: str) -> None:
+    assert _load().kernel_kind(kernel) == kind

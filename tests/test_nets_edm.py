@@ -15,7 +15,7 @@ from helpers import deterministic_parameters, tiny_precond
 
 from skiptune.errors import SkiptuneError
 from skiptune.nets.edm import BACKBONES, DhariwalUNet, EDMPrecond, SkipTunableBackbone, SongUNet
-from skiptune.nets.layers import self_attention
+from skiptune.nets.layers import UNetBlock, self_attention
 
 DATA = Path(__file__).parent / "data"
 TINY_FILES = sorted(p.name for p in DATA.glob("edm_*.pt") if p.name != "edm_full_configs.pt")
@@ -89,6 +89,26 @@ def test_sdpa_attention_matches_softmax_formula() -> None:
     w = torch.einsum("ncq,nck->nqk", q, k / math.sqrt(16)).softmax(dim=2)
     expected = torch.einsum("nqk,nck->ncq", w, v)
     assert rel_err(self_attention(q, k, v), expected) <= 1e-6
+    heads = [t.reshape(2, 2, 16, 25) for t in (q, k, v)]  # [N, heads, C, P] as EDM2's blocks pass
+    assert rel_err(self_attention(*heads), expected.reshape(2, 2, 16, 25)) <= 1e-6
+
+
+def test_sdpa_gets_inputs_its_fused_kernels_accept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flash / memory-efficient attention need 4-D inputs with a contiguous last dimension; anything
+    else silently runs SDPA's float32 math fallback (measured: 43% of ADM's forward on an H100)."""
+    seen: list[torch.Tensor] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        seen.extend(args[:3])
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    qkv = torch.randn(2, 3 * 8, 4, 4).to(memory_format=torch.channels_last)  # as a qkv conv leaves it
+    q, k, v = qkv.reshape(2 * 2, 4, 3, 16).unbind(2)
+    self_attention(q, k, v)
+    assert [t.dim() for t in seen] == [4, 4, 4]
+    assert all(t.stride(-1) == 1 and t.is_contiguous() for t in seen)
 
 
 # ---- skip counting ---------------------------------------------------------------------------------
@@ -337,3 +357,37 @@ def test_missing_class_labels_on_backbone_raises() -> None:
     x, sigma = inputs(net)
     with pytest.raises(SkiptuneError, match="class_labels=None"):
         net.model(x, sigma.log() / 4, None)
+
+
+def test_block_attention_hands_sdpa_views_of_the_qkv_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In channels_last, q, k, v reach SDPA as views of the qkv convolution's output with a contiguous
+    last dimension (fused kernels, no copies); the result equals the plain layout's."""
+    seen: list[torch.Tensor] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        seen.extend(args[:3])
+        return sdpa(*args, **kwargs)
+
+    torch.manual_seed(0)
+    block = UNetBlock(16, 16, emb_channels=8, attention=True, channels_per_head=8, init_zero={}).eval()
+    x, emb = torch.randn(2, 16, 4, 4), torch.randn(2, 8)
+    with torch.no_grad():
+        ref = block(x, emb)
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+        out = block(x.to(memory_format=torch.channels_last), emb)
+    assert rel_err(out, ref) <= 1e-6
+    q, k, v = seen
+    assert q.shape == (2, 2, 16, 8) and all(t.stride(-1) == 1 for t in seen)
+    assert q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()
+
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_skip_concatenation_keeps_the_memory_format(channels_last: bool) -> None:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x, skip = (torch.randn(2, c, 4, 4).to(memory_format=fmt) for c in (3, 5))
+    factors = torch.tensor([[1.0, 0.5], [1.0, 2.0]])
+    out = tiny_precond("SongUNet").model._concat_skip(x, skip, factors, 1)
+    assert torch.equal(out, torch.cat([x, skip * factors[:, 1].reshape(-1, 1, 1, 1)], dim=1))
+    assert out.is_contiguous(memory_format=fmt)

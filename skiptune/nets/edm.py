@@ -85,6 +85,20 @@ class SkipTunableBackbone(torch.nn.Module):
     def _scaled_skip(skip: torch.Tensor, factors: torch.Tensor, j: int) -> torch.Tensor:
         return skip * factors[:, j].reshape(-1, 1, 1, 1).to(skip.dtype)
 
+    def _concat_skip(
+        self, x: torch.Tensor, skip: torch.Tensor, factors: torch.Tensor, j: int
+    ) -> torch.Tensor:
+        """``cat([x, factor_j * skip])`` along channels, kept in ``x``'s memory format.
+
+        Traced, a concatenation may be laid out NCHW although its inputs are channels_last; its
+        readers (group norm, the 1x1 skip convolution) would then transpose it. This pins the layout
+        (a no-op in eager mode, where ``cat`` keeps channels_last already).
+        """
+        out = torch.cat([x, self._scaled_skip(skip, factors, j)], dim=1)
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
     def _labels_for(self, class_labels: torch.Tensor | None, label_dim: int) -> torch.Tensor:
         if class_labels is None:
             raise SkiptuneError(
@@ -322,7 +336,7 @@ class SongUNet(SkipTunableBackbone):
                 out = feat if out is None else feat + out
             else:
                 if x.shape[1] != block.in_channels:
-                    x = torch.cat([x, self._scaled_skip(skips.pop(), factors, j)], dim=1)
+                    x = self._concat_skip(x, skips.pop(), factors, j)
                     j += 1
                 x = block(x, emb)
         assert out is not None  # level 0 always ends with aux_conv
@@ -444,7 +458,7 @@ class DhariwalUNet(SkipTunableBackbone):
         j = 0
         for block in self.dec.values():
             if x.shape[1] != block.in_channels:
-                x = torch.cat([x, self._scaled_skip(skips.pop(), factors, j)], dim=1)
+                x = self._concat_skip(x, skips.pop(), factors, j)
                 j += 1
             x = block(x, emb)
         return self.out_conv(silu(self.out_norm(x)))

@@ -24,6 +24,7 @@ import torch
 
 from skiptune.errors import SkiptuneError
 from skiptune.nets.edm import SkipTunableBackbone, precond_labels, window_mask
+from skiptune.nets.layers import self_attention
 
 __all__ = ["EDM2Block", "EDM2Precond", "EDM2UNet", "MPConv", "MPFourier", "mp_cat", "mp_silu", "mp_sum"]
 
@@ -171,8 +172,7 @@ class EDM2Block(torch.nn.Module):
         n, _, h, w = qkv.shape
         qkv = normalize(qkv.reshape(n, self.num_heads, -1, 3, h * w), dim=2)
         q, k, v = qkv.unbind(3)
-        weights = torch.einsum("nhcq,nhck->nhqk", q, k / math.sqrt(q.shape[2])).softmax(dim=3)
-        return torch.einsum("nhqk,nhck->nhcq", weights, v)
+        return self_attention(q, k, v)
 
 
 _BLOCK_KEYWORDS = frozenset(inspect.signature(EDM2Block).parameters) - {

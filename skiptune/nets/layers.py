@@ -184,16 +184,18 @@ class GroupNorm(torch.nn.Module):
 
 
 def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Single-head attention over pixels: ``q, k, v`` are ``[B, C, P]``, returns ``[B, C, P]``.
+    """Attention over pixels: ``q, k, v`` are ``[..., C, P]`` (leading dims: batch, heads), same out.
 
     Equals EDM's ``softmax(q^T k / sqrt(C))`` followed by the weighted sum of ``v``; the fused kernel
     accumulates in float32 like EDM's AttentionOp and avoids materialising the ``P x P`` weights.
     """
-    # [B, P, C] made contiguous: a strided last dimension sends SDPA to its slow math path (fp32
-    # matmuls even for bf16 input) instead of the flash / memory-efficient kernels.
-    q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+    lead = q.shape[:-2]
+    # SDPA's fused kernels (flash, memory-efficient, cuDNN) take only 4-D inputs whose last dimension
+    # is contiguous; anything else runs its math fallback, which upcasts bf16 to float32 and multiplies
+    # on the CUDA cores (43% of ADM's forward when measured). So: [B, 1, P, C], contiguous.
+    q, k, v = (t.flatten(0, -3).transpose(1, 2).unsqueeze(1).contiguous() for t in (q, k, v))
     out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    return out.transpose(1, 2)
+    return out.squeeze(1).transpose(1, 2).unflatten(0, lead)
 
 
 class UNetBlock(torch.nn.Module):
@@ -271,12 +273,23 @@ class UNetBlock(torch.nn.Module):
         return x
 
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
-        n, c = x.shape[0], x.shape[1]
-        # EDM's qkv layout: per head, channels are [c_head, 3] interleaved (q, k, v last).
-        qkv = self.qkv(self.norm2(x)).reshape(n * self.num_heads, c // self.num_heads, 3, -1)
-        q, k, v = qkv.unbind(2)
-        a = self_attention(q, k, v)
-        x = self.proj(a.reshape(x.shape)).add_(x)
+        n, c, h, w = x.shape
+        heads = self.num_heads
+        # EDM stores qkv's output channels per head as [c_head, 3] (q, k, v interleaved). Read in
+        # [3, head, c_head] order instead (a gather of the small 1x1 weight, the state dict unchanged),
+        # the channels_last output holds q, k and v as [N, P, head, c_head] views with a contiguous last
+        # dimension, which SDPA's fused kernels take, and the result comes back channels_last. Eager
+        # mode copies nothing; Inductor still copies q, k, v for cuDNN attention (measured on ADM:
+        # 3 x 1.0 ms per forward, against 3 x 1.8 ms with the interleaved layout).
+        order = torch.arange(3 * c, device=x.device).reshape(heads, c // heads, 3).permute(2, 0, 1).flatten()
+        weight = self.qkv.weight[order].to(x.dtype)  # type: ignore[index]
+        bias = self.qkv.bias[order].to(x.dtype)  # type: ignore[index]
+        qkv = torch.nn.functional.conv2d(self.norm2(x), weight, bias)
+        q, k, v = qkv.permute(0, 2, 3, 1).reshape(n, h * w, 3, heads, c // heads).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [N, head, P, c_head]
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        a = a.transpose(1, 2).reshape(n, h, w, c).permute(0, 3, 1, 2)  # channel = head * c_head + i
+        x = self.proj(a).add_(x)
         return x * self.skip_scale
 
 
