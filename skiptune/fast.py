@@ -26,7 +26,7 @@ from typing import Any, Literal, cast
 import torch
 
 from skiptune.errors import SkiptuneError
-from skiptune.nets.edm import EDMPrecond, one_hot_labels
+from skiptune.nets.edm import EDMPrecond
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -146,7 +146,7 @@ class FastDenoiser(torch.nn.Module):
         if self.settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self._native:
-            out = _precond_forward(cast(EDMPrecond, self.net), x, sigma, class_labels, self.dtype)
+            out = self.net(x, sigma, class_labels, backbone_dtype=self.dtype)
         elif self.dtype != torch.float32:
             with torch.autocast(x.device.type, dtype=self.dtype):
                 out = self.net(x, sigma, class_labels)
@@ -170,33 +170,6 @@ def _pad_batch(
         return torch.cat([t, t[-1:].expand(size - t.shape[0], *t.shape[1:])])
 
     return pad(x), pad(sigma), None if labels is None else pad(labels)
-
-
-def _precond_forward(
-    net: EDMPrecond,
-    x: torch.Tensor,
-    sigma: torch.Tensor,
-    class_labels: torch.Tensor | None,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """``EDMPrecond.forward`` with the backbone at ``dtype`` (EDM's ``use_fp16`` path, any low precision)."""
-    s = sigma.to(torch.float32).reshape(-1, 1, 1, 1)
-    sd = float(net.sigma_data)
-    c_skip = sd**2 / (s**2 + sd**2)
-    c_out = s * sd / (s**2 + sd**2).sqrt()
-    c_in = 1 / (sd**2 + s**2).sqrt()
-    c_noise = s.log().flatten() / 4
-    window = net.skip_window.to(device=x.device, dtype=torch.float32)
-    skip_mask = ((s >= window[0]) & (s <= window[1])).reshape(-1)
-    labels: torch.Tensor | None = None
-    if net.label_dim:
-        labels = (
-            torch.zeros([1, net.label_dim], device=x.device)
-            if class_labels is None
-            else one_hot_labels(class_labels.to(x.device), net.label_dim).to(torch.float32)
-        )
-    f_x = net.model((c_in * x).to(dtype), c_noise, class_labels=labels, skip_mask=skip_mask)
-    return c_skip * x + c_out * f_x.to(torch.float32)
 
 
 def prepare_denoiser(

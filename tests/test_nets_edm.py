@@ -93,9 +93,8 @@ def test_sdpa_attention_matches_softmax_formula() -> None:
     assert rel_err(self_attention(*heads), expected.reshape(2, 2, 16, 25)) <= 1e-6
 
 
-def test_sdpa_gets_inputs_its_fused_kernels_accept(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flash / memory-efficient attention need 4-D inputs with a contiguous last dimension; anything
-    else silently runs SDPA's float32 math fallback (measured: 43% of ADM's forward on an H100)."""
+def record_sdpa_inputs(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    """Record q, k, v of every scaled_dot_product_attention call from now on."""
     seen: list[torch.Tensor] = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -104,6 +103,13 @@ def test_sdpa_gets_inputs_its_fused_kernels_accept(monkeypatch: pytest.MonkeyPat
         return sdpa(*args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    return seen
+
+
+def test_sdpa_gets_inputs_its_fused_kernels_accept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flash / memory-efficient attention need 4-D inputs with a contiguous last dimension; anything
+    else silently runs SDPA's float32 math fallback (measured: 43% of ADM's forward on an H100)."""
+    seen = record_sdpa_inputs(monkeypatch)
     qkv = torch.randn(2, 3 * 8, 4, 4).to(memory_format=torch.channels_last)  # as a qkv conv leaves it
     q, k, v = qkv.reshape(2 * 2, 4, 3, 16).unbind(2)
     self_attention(q, k, v)
@@ -362,19 +368,12 @@ def test_missing_class_labels_on_backbone_raises() -> None:
 def test_block_attention_hands_sdpa_views_of_the_qkv_output(monkeypatch: pytest.MonkeyPatch) -> None:
     """In channels_last, q, k, v reach SDPA as views of the qkv convolution's output with a contiguous
     last dimension (fused kernels, no copies); the result equals the plain layout's."""
-    seen: list[torch.Tensor] = []
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-
-    def spy(*args: torch.Tensor, **kwargs: object) -> torch.Tensor:
-        seen.extend(args[:3])
-        return sdpa(*args, **kwargs)
-
     torch.manual_seed(0)
     block = UNetBlock(16, 16, emb_channels=8, attention=True, channels_per_head=8, init_zero={}).eval()
     x, emb = torch.randn(2, 16, 4, 4), torch.randn(2, 8)
     with torch.no_grad():
         ref = block(x, emb)
-        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+        seen = record_sdpa_inputs(monkeypatch)
         out = block(x.to(memory_format=torch.channels_last), emb)
     assert rel_err(out, ref) <= 1e-6
     q, k, v = seen

@@ -539,13 +539,16 @@ class SkipTunablePrecond(torch.nn.Module):
         sigma: torch.Tensor | float,
         class_labels: torch.Tensor | None = None,
         force_fp32: bool = False,
+        backbone_dtype: torch.dtype | None = None,
         **model_kwargs: Any,
     ) -> torch.Tensor:
+        """``D(x, sigma)`` in float32. The backbone runs at ``backbone_dtype`` when given (the fast
+        path's bf16), else by EDM's rule: float16 where ``use_fp16`` on CUDA, unless ``force_fp32``."""
         x = x.to(torch.float32)
         sigma = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1, 1, 1, 1)
         labels = self._class_labels(class_labels, x)
         fp16 = self.use_fp16 and not force_fp32 and x.device.type == "cuda"
-        dtype = torch.float16 if fp16 else torch.float32
+        dtype = backbone_dtype or (torch.float16 if fp16 else torch.float32)
         c_skip, c_out, c_in, c_noise = self._coefficients(sigma)
         skip_mask = window_mask(self.skip_window, sigma)
         f_x = self.model(
