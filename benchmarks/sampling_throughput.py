@@ -88,6 +88,7 @@ OURS: dict[str, FastPath] = {
     "bf16-cl": FastPath(precision="bf16", channels_last=True, compile=False),
     "bf16-cl-compile": FastPath(precision="bf16", channels_last=True, compile=True),
     "bf16-cl-compile-graphs": FastPath(precision="bf16", channels_last=True, compile=True, cuda_graphs=True),
+    "bf16-cl-compile-unfused": FastPath(precision="bf16", channels_last=True, compile=True, fused_norm=False),
 }
 ALL_MODES = ["edm-fp32", "edm-fp16", *OURS, "skip-on", "objective"]
 TUNED = SkipSchedule(rho_bottom=0.8, rho_top=1.0)
@@ -372,6 +373,7 @@ def _describe(s: FastPath) -> str:
             ("channels_last", s.channels_last),
             ("compile", s.compile),
             ("cuda graphs", s.cuda_graphs),
+            ("fused group norm", s.fused_norm and s.precision != "fp32"),
         )
         if on
     ]
@@ -520,15 +522,19 @@ def profile_forward(bench: Bench, top: int = 25) -> dict[str, Any]:
     }
 
 
+# Our fused group norm's Triton kernels (skiptune.nets.fused_norm_kernels), matched by exact name.
+FUSED_NORM_KERNELS = frozenset({"_tile_stats", "_fold", "_apply"})
 KERNEL_KINDS = (  # (kind, name fragments): first match wins
     ("attention", ("flash", "fmha", "attention", "softmax", "sdpa")),
-    ("group-norm/elementwise (Triton)", ("triton",)),
+    ("elementwise (Triton)", ("triton",)),
     ("conv", ("fprop", "dgrad", "conv", "implicit_gemm")),
     ("gemm", ("gemm", "nvjet", "cutlass")),
 )
 
 
 def kernel_kind(name: str) -> str:
+    if name in FUSED_NORM_KERNELS:
+        return "group norm (fused, ours)"
     low = name.lower()
     return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other")
 

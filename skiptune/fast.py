@@ -11,7 +11,9 @@ out, so every sampler works unchanged. What makes it fast (see docs/performance.
   mechanism (every layer casts its weights to the input's dtype) with bf16 allowed; the tiny
   embedding MLP and the preconditioning stay float32. Other denoisers run under autocast.
 - channels_last activations and 4-D weights (the layout cuDNN's and Inductor's convolutions prefer).
-- ``torch.compile`` fuses GroupNorm + SiLU + casts; attention already goes through SDPA (flash).
+- Group norm + bias + embedding modulation + SiLU as one custom op of Triton kernels
+  (``skiptune.nets.fused_norm``); ``torch.compile`` fuses the remaining elementwise work and casts;
+  attention goes through SDPA (flash).
 - Skip coefficients stay buffers read inside forward: Skip-Tuning writes them with ``copy_`` and the
   compiled graph is reused, never rebuilt (no recompilation when rho changes).
 - A smaller batch (the last one of a run) is padded to the largest batch seen, so it reuses the
@@ -27,6 +29,7 @@ import torch
 
 from skiptune.errors import SkiptuneError
 from skiptune.nets.edm import EDMPrecond
+from skiptune.nets.layers import GroupNorm
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -39,7 +42,9 @@ class FastPath:
     """How to run the denoiser: precision, memory layout, compilation, CUDA graphs, batch padding.
 
     ``cuda_graphs`` compiles with ``mode="reduce-overhead"`` (Inductor's CUDA graph trees); it only
-    helps when kernel launches dominate (small batches), see docs/performance.md.
+    helps when kernel launches dominate (small batches), see docs/performance.md. ``fused_norm``: the
+    blocks' group norm + modulation + SiLU run as Triton kernels (``skiptune.nets.fused_norm``) on
+    CUDA bf16/fp16; False leaves them to torch.compile.
     """
 
     precision: Precision = "bf16"
@@ -47,6 +52,7 @@ class FastPath:
     compile: bool = True
     cuda_graphs: bool = False
     pad_batches: bool = True
+    fused_norm: bool = True
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -100,7 +106,9 @@ class FastDenoiser(torch.nn.Module):
         if settings.compile:
             mode = "reduce-overhead" if settings.cuda_graphs else "default"
             options: dict[str, Any] = {"mode": mode} if backend == "inductor" else {}
-            self._run = torch.compile(self._forward_impl, backend=backend, dynamic=False, **options)
+            self._run = _no_aliasing_check(
+                torch.compile(self._forward_impl, backend=backend, dynamic=False, **options)
+            )
 
     @property
     def model(self) -> torch.nn.Module:
@@ -155,6 +163,24 @@ class FastDenoiser(torch.nn.Module):
         return out.to(torch.float32).contiguous()
 
 
+def _no_aliasing_check(fn: Any) -> Any:
+    """``fn`` with AOTAutograd's first-call check of custom-op aliasing off.
+
+    That check runs the first call of a graph holding a custom op (``skiptune::group_norm_act``, whose
+    output never aliases an input) under a Python dispatch mode, and Inductor tunes its kernels during
+    that call: with the op's first version the call did not finish in 100 s on an H100 (see
+    docs/performance.md)."""
+    config = torch._functorch.config
+    if not hasattr(config, "check_custom_op_aliasing"):
+        return fn
+
+    def run(*args: Any) -> Any:
+        with config.patch(check_custom_op_aliasing=False):
+            return fn(*args)
+
+    return run
+
+
 def _as_inference(t: torch.Tensor | None) -> Any:
     return t.clone() if t is not None and not t.is_inference() else t
 
@@ -180,6 +206,7 @@ def prepare_denoiser(
     compile: bool = True,
     cuda_graphs: bool = False,
     pad_batches: bool = True,
+    fused_norm: bool = True,
     backend: Any = "inductor",
 ) -> FastDenoiser:
     """``net`` wrapped for fast sampling; same contract ``D(x, sigma, class_labels=None)`` -> float32.
@@ -188,7 +215,7 @@ def prepare_denoiser(
     channels_last (values unchanged). Parameters and buffers are shared, not copied. ``backend`` is
     ``torch.compile``'s (tests pass a counting backend).
     """
-    settings = FastPath(precision, channels_last, compile, cuda_graphs, pad_batches)
+    settings = FastPath(precision, channels_last, compile, cuda_graphs, pad_batches, fused_norm)
     return prepare_with(net, settings, backend=backend)
 
 
@@ -197,6 +224,9 @@ def prepare_with(net: torch.nn.Module, settings: FastPath, *, backend: Any = "in
     net.eval()
     if settings.channels_last:
         net.to(memory_format=torch.channels_last)
+    for module in net.modules():
+        if isinstance(module, GroupNorm):
+            module.fused = settings.fused_norm
     return FastDenoiser(net, settings, backend=backend)
 
 

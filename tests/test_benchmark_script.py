@@ -89,7 +89,7 @@ def test_reference_loop_matches_our_heun() -> None:
     assert (ref - ours).abs().max() < 1e-4 * ours.abs().max() and not torch.equal(ref, latents.double() * 80)
 
 
-GROUP_NORM = "group-norm/elementwise (Triton)"
+ELEMENTWISE = "elementwise (Triton)"
 
 
 @pytest.mark.parametrize(
@@ -98,7 +98,9 @@ GROUP_NORM = "group-norm/elementwise (Triton)"
         ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64", "conv"),
         ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x64", "attention"),
         ("triton_per_fused__safe_softmax_exp_prepare_softmax_online_sub_32", "attention"),
-        ("triton_poi_fused__to_copy_clone_convolution_native_group_norm_silu", GROUP_NORM),
+        ("triton_poi_fused__to_copy_clone_convolution_native_group_norm_silu", ELEMENTWISE),
+        ("_tile_stats", "group norm (fused, ours)"),
+        ("_apply", "group norm (fused, ours)"),
         ("nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_TNN", "gemm"),
         ("Memcpy DtoD (Device -> Device)", "other"),
     ],

@@ -141,3 +141,16 @@ def test_inference_and_normal_inputs_share_one_graph() -> None:
         x2, sigma2 = x.clone(), sigma.clone()  # inference tensors now
         second = fast(x2, sigma2, labels)
     assert counter.frame_count == 1 and torch.equal(first, second)
+
+
+def test_compiled_calls_run_without_the_custom_op_aliasing_check() -> None:
+    from skiptune.fast import _no_aliasing_check
+
+    config = torch._functorch.config
+    if not hasattr(config, "check_custom_op_aliasing"):
+        pytest.skip("this torch has no custom-op aliasing check")
+    seen = []
+    wrapped = _no_aliasing_check(lambda *a: seen.append(config.check_custom_op_aliasing) or len(a))
+    assert wrapped(1, 2) == 2
+    assert seen == [False]
+    assert config.check_custom_op_aliasing is True  # restored after the call

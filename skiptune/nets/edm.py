@@ -329,10 +329,10 @@ class SongUNet(SkipTunableBackbone):
         for name, block in self.dec.items():
             if "aux_up" in name:
                 out = block(out)
-            elif "aux_norm" in name:
-                feat = block(x)
+            elif isinstance(block, GroupNorm):  # aux_norm
+                feat = block.act(x)
             elif "aux_conv" in name:
-                feat = block(silu(feat))
+                feat = block(feat)
                 out = feat if out is None else feat + out
             else:
                 if x.shape[1] != block.in_channels:
@@ -461,7 +461,7 @@ class DhariwalUNet(SkipTunableBackbone):
                 x = self._concat_skip(x, skips.pop(), factors, j)
                 j += 1
             x = block(x, emb)
-        return self.out_conv(silu(self.out_norm(x)))
+        return self.out_conv(self.out_norm.act(x))
 
 
 def precond_labels(

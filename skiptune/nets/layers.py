@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch.nn.functional import silu
 
 from skiptune.errors import SkiptuneError
+from skiptune.nets.fused_norm import group_norm_act
 
 InitKwargs = dict[str, Any]
 
@@ -112,7 +112,8 @@ class Conv2d(torch.nn.Module):
         taps = [float(t) for t in resample_filter]
         self._box = len(taps) == 2 and taps[0] == taps[1] != 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, add_bias: bool = True) -> torch.Tensor:
+        """The convolution; ``add_bias=False`` leaves the bias to the caller (a fused group norm)."""
         w = self.weight.to(x.dtype) if self.weight is not None else None
         f = self.resample_filter.to(x.dtype) if self.resample_filter is not None else None
         if f is not None and self.up:
@@ -121,7 +122,7 @@ class Conv2d(torch.nn.Module):
             x = self._down(x, f, w)
         elif w is not None:
             x = torch.nn.functional.conv2d(x, w, padding=w.shape[-1] // 2)
-        if self.bias is not None:
+        if self.bias is not None and add_bias:
             x = x.add_(self.bias.to(x.dtype).reshape(1, -1, 1, 1))
         return x
 
@@ -152,7 +153,6 @@ class Conv2d(torch.nn.Module):
             x = torch.nn.functional.conv2d(x, w, padding=w_pad)
         return x
 
-
     def _decimate(self, x: torch.Tensor, f: torch.Tensor, channels: int, *, pad: int) -> torch.Tensor:
         """Filter with ``f`` and keep every second pixel (EDM's stride-2 depthwise convolution)."""
         if self._box:  # pad == 0 for a 2-tap filter
@@ -162,7 +162,11 @@ class Conv2d(torch.nn.Module):
 
 
 class GroupNorm(torch.nn.Module):
-    """Group normalisation with at least ``min_channels_per_group`` channels in each group."""
+    """Group normalisation with at least ``min_channels_per_group`` channels in each group.
+
+    :meth:`act` is the norm with what follows it in a block (bias, modulation, SiLU), fused on CUDA
+    bf16/fp16 channels_last inputs unless ``fused`` is False (see ``skiptune.nets.fused_norm``).
+    """
 
     def __init__(
         self, num_channels: int, num_groups: int = 32, min_channels_per_group: int = 4, eps: float = 1e-5
@@ -172,6 +176,7 @@ class GroupNorm(torch.nn.Module):
         self.eps = eps
         self.weight = torch.nn.Parameter(torch.ones(num_channels))
         self.bias = torch.nn.Parameter(torch.zeros(num_channels))
+        self.fused = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.group_norm(
@@ -180,6 +185,30 @@ class GroupNorm(torch.nn.Module):
             weight=self.weight.to(x.dtype),
             bias=self.bias.to(x.dtype),
             eps=self.eps,
+        )
+
+    def act(
+        self,
+        x: torch.Tensor,
+        *,
+        in_bias: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+        shift: torch.Tensor | None = None,
+        silu: bool = True,
+    ) -> torch.Tensor:
+        """``silu(norm(x + in_bias) * (1 + scale) + shift)``; ``in_bias`` ``[C]`` or ``[N, C]``, ``scale``
+        and ``shift`` ``[N, C]``, each optional; ``silu=False`` skips the activation."""
+        return group_norm_act(
+            x,
+            self.weight,
+            self.bias,
+            self.num_groups,
+            self.eps,
+            in_bias,
+            scale,
+            shift,
+            silu,
+            fused=self.fused,
         )
 
 
@@ -258,13 +287,14 @@ class UNetBlock(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         shortcut = x
-        x = self.conv0(silu(self.norm0(x)))
-        params = self.affine(emb).unsqueeze(2).unsqueeze(3).to(x.dtype)
+        # conv0's bias and the embedding go into the second norm (one fused pass on the GPU).
+        x = self.conv0(self.norm0.act(x), add_bias=False)
+        params = self.affine(emb)
         if self.adaptive_scale:
             scale, shift = params.chunk(chunks=2, dim=1)
-            x = silu(torch.addcmul(shift, self.norm1(x), scale + 1))
+            x = self.norm1.act(x, in_bias=self.conv0.bias, scale=scale, shift=shift)
         else:
-            x = silu(self.norm1(x.add_(params)))
+            x = self.norm1.act(x, in_bias=params if self.conv0.bias is None else params + self.conv0.bias)
         x = self.conv1(torch.nn.functional.dropout(x, p=self.dropout, training=self.training))
         x = x.add_(self.skip(shortcut) if self.skip is not None else shortcut)
         x = x * self.skip_scale
@@ -284,7 +314,7 @@ class UNetBlock(torch.nn.Module):
         order = torch.arange(3 * c, device=x.device).reshape(heads, c // heads, 3).permute(2, 0, 1).flatten()
         weight = self.qkv.weight[order].to(x.dtype)  # type: ignore[index]
         bias = self.qkv.bias[order].to(x.dtype)  # type: ignore[index]
-        qkv = torch.nn.functional.conv2d(self.norm2(x), weight, bias)
+        qkv = torch.nn.functional.conv2d(self.norm2.act(x, silu=False), weight, bias)
         q, k, v = qkv.permute(0, 2, 3, 1).reshape(n, h * w, 3, heads, c // heads).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [N, head, P, c_head]
         a = torch.nn.functional.scaled_dot_product_attention(q, k, v)
