@@ -33,11 +33,11 @@ def one_hot_labels(labels: torch.Tensor, label_dim: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(labels.reshape(-1).long(), label_dim).to(torch.float32)
 
 
-def _check_common(img_resolution: int, channel_mult: Sequence[int], label_dim: int, augment_dim: int) -> None:
-    """Reject configurations that EDM would only fail on later with a shape error."""
+def check_resolution(img_resolution: int, channel_mult: Sequence[int], example: str = "[1, 2, 2]") -> None:
+    """Reject an empty ``channel_mult`` or a resolution the UNet's levels cannot halve down to."""
     if not channel_mult:
         raise SkiptuneError(
-            "channel_mult is empty; give one channel multiplier per resolution, e.g. [1, 2, 2]"
+            f"channel_mult is empty; give one channel multiplier per resolution, e.g. {example}"
         )
     steps = 2 ** (len(channel_mult) - 1)
     if img_resolution <= 0 or img_resolution % steps:
@@ -45,6 +45,11 @@ def _check_common(img_resolution: int, channel_mult: Sequence[int], label_dim: i
             f"img_resolution={img_resolution} cannot be halved {len(channel_mult) - 1} times "
             f"(channel_mult={list(channel_mult)}); use a positive multiple of {steps}"
         )
+
+
+def _check_common(img_resolution: int, channel_mult: Sequence[int], label_dim: int, augment_dim: int) -> None:
+    """Reject configurations that EDM would only fail on later with a shape error."""
+    check_resolution(img_resolution, channel_mult)
     if label_dim < 0 or augment_dim < 0:
         raise SkiptuneError(f"label_dim={label_dim}, augment_dim={augment_dim}: both must be >= 0")
 

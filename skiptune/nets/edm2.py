@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from skiptune.errors import SkiptuneError
-from skiptune.nets.edm import SkipTunableBackbone, precond_labels, window_mask
+from skiptune.nets.edm import SkipTunableBackbone, check_resolution, precond_labels, window_mask
 from skiptune.nets.layers import self_attention
 
 __all__ = ["EDM2Block", "EDM2Precond", "EDM2UNet", "MPConv", "MPFourier", "mp_cat", "mp_silu", "mp_sum"]
@@ -196,16 +196,7 @@ def _check_unet_config(
             f"{', '.join(sorted(_BLOCK_KEYWORDS))}; remove the others (EDM's model_type and its "
             "backbone keywords belong to EDMPrecond)"
         )
-    if not channel_mult:
-        raise SkiptuneError(
-            "channel_mult is empty; give one channel multiplier per resolution, e.g. [1, 2, 3, 4]"
-        )
-    steps = 2 ** (len(channel_mult) - 1)
-    if img_resolution <= 0 or img_resolution % steps:
-        raise SkiptuneError(
-            f"img_resolution={img_resolution} cannot be halved {len(channel_mult) - 1} times "
-            f"(channel_mult={list(channel_mult)}); use a positive multiple of {steps}"
-        )
+    check_resolution(img_resolution, channel_mult, example="[1, 2, 3, 4]")
 
 
 class EDM2UNet(SkipTunableBackbone):

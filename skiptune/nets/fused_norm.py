@@ -86,34 +86,20 @@ def group_norm_act(
     """
     if (scale is None) != (shift is None):
         raise SkiptuneError("group_norm_act got only one of scale and shift; pass both or neither")
-    args: tuple[Any, ...] = (x, weight, bias, groups, eps, in_bias, scale, shift, silu)
     if fused and fusable(x, groups):
         n, c = x.shape[:2]
         ib = None if in_bias is None else in_bias.reshape(-1, c).contiguous()
         s, t = (None if v is None else v.reshape(n, c).contiguous() for v in (scale, shift))
         op = torch.ops.skiptune.group_norm_act
         return op(x, weight, bias, groups, eps, ib, s, t, silu)  # type: ignore[no-any-return]
-    return group_norm_act_reference(*args)
+    return group_norm_act_reference(x, weight, bias, groups, eps, in_bias, scale, shift, silu)
 
 
 if _kernels is not None:
-    # An opaque custom op: compiled graphs call it between their own kernels (Inductor neither
-    # re-traces nor re-tunes the Triton code); its fake implementation gives the output's layout.
-
-    @torch.library.custom_op("skiptune::group_norm_act", mutates_args=())
-    def _group_norm_act_op(
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor,
-        groups: int,
-        eps: float,
-        in_bias: torch.Tensor | None,
-        scale: torch.Tensor | None,
-        shift: torch.Tensor | None,
-        silu: bool,
-    ) -> torch.Tensor:
-        assert _kernels is not None
-        return _kernels.launch(x, weight, bias, groups, eps, in_bias, scale, shift, silu)
+    # An opaque custom op around the kernels' launcher: compiled graphs call it between their own
+    # kernels (Inductor neither re-traces nor re-tunes the Triton code); the fake implementation gives
+    # the output's shape and layout.
+    _group_norm_act_op = torch.library.custom_op("skiptune::group_norm_act", _kernels.launch, mutates_args=())
 
     @_group_norm_act_op.register_fake
     def _(x: torch.Tensor, *args: Any) -> torch.Tensor:
