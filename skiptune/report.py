@@ -14,8 +14,9 @@ import optuna
 from optuna.trial import TrialState
 
 from skiptune.errors import SkiptuneError
-from skiptune.search.budget import fresh_trials
-from skiptune.search.query import summary_rows
+from skiptune.search.experiment import load_experiment
+from skiptune.search.query import BestCoefficients, answer_of, summary_rows
+from skiptune.search.records import PRIOR, ROLE_ATTR
 from skiptune.search.study import find_studies
 
 
@@ -38,8 +39,19 @@ def write_report(storage: optuna.storages.BaseStorage, model: str, out_dir: str 
     paths = [_distance_vs_nfe(rows, model, out / "distance_vs_nfe.png")]
     for study in find_studies(storage, model=model):
         name = f"trials_{study.spec.sampler}_nfe{study.spec.nfe}_{study.spec.identity_hash}.png"
-        paths.append(_trial_scatter(fresh_trials(storage, study.study_id), study.name, out / name))
+        exp = load_experiment(storage, study)
+        trials = [t for t in exp.search_trials() if t.user_attrs.get(ROLE_ATTR) != PRIOR]
+        paths.append(_trial_scatter(trials, _title(study.name, answer_of(exp)), out / name, answer_of(exp)))
     return paths
+
+
+def _title(name: str, answer: BestCoefficients | None) -> str:
+    if answer is None:
+        return name
+    if answer.validated and answer.gain is not None and answer.gain_se is not None:
+        evidence = f"held-out gain {100 * answer.gain:+.1f}% ± {100 * answer.gain_se:.1f}%"
+        return f"{name}\n{answer.status}: {evidence} ({answer.holdout_samples} samples)"
+    return f"{name}\n{answer.status} (unvalidated: search seeds only)"
 
 
 def _distance_vs_nfe(rows: list[dict[str, Any]], model: str, path: Path) -> Path:
@@ -66,7 +78,9 @@ def _distance_vs_nfe(rows: list[dict[str, Any]], model: str, path: Path) -> Path
     return path
 
 
-def _trial_scatter(trials: list[optuna.trial.FrozenTrial], title: str, path: Path) -> Path:
+def _trial_scatter(
+    trials: list[optuna.trial.FrozenTrial], title: str, path: Path, answer: BestCoefficients | None
+) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.value is not None]
@@ -99,8 +113,11 @@ def _trial_scatter(trials: list[optuna.trial.FrozenTrial], title: str, path: Pat
                 s=260,
                 c="red",
                 edgecolors="black",
-                label=f"best {best.value:.4g}",
+                label=f"search best {best.value:.4g} (unvalidated)",
             )
+    if answer is not None and answer.validated:
+        ax.scatter([answer.rho_bottom], [answer.rho_top], marker="P", s=200, c="orange", edgecolors="black",
+                   label=f"recommended ({answer.status})")  # fmt: skip
     ax.scatter([1.0], [1.0], marker="X", s=120, c="black", label="baseline (1, 1)")
     ax.set_xlabel("rho_bottom")
     ax.set_ylabel("rho_top")

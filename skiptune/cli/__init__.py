@@ -22,6 +22,7 @@ from skiptune.errors import SkiptuneError
 VERBS: dict[str, str] = {
     "study": "study_cmd",
     "worker": "worker_cmd",
+    "validate": "validate_cmd",
     "best": "best_cmd",
     "table": "table_cmd",
     "sample": "sample_cmd",

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 
 from skiptune.cli.common import add_json, add_storage, print_json, storage_url
-from skiptune.search.query import best_coefficients
+from skiptune.search.query import BestCoefficients, best_coefficients
 from skiptune.storage import open_storage
 
 HELP = "print the best skip coefficients found for a model x sampler x NFE"
-DESCRIPTION = """Print the best (rho_bottom, rho_top) of a study, its distance, the untuned baseline's
-distance, the samples behind the value and the trials run.
+DESCRIPTION = """Print the recommended (rho_bottom, rho_top) of a study and how far to trust it: its
+status (searching, validating, validated, no-gain, or unvalidated for studies without validation), the
+held-out gain over the untuned baseline +- one standard error and the samples behind it, and the
+search's own (optimistically biased) numbers.
 
 examples:
   skiptune best --model demo --nfe 9
@@ -34,16 +36,34 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(best.to_dict())
         return 0
-    print(f"study          {best.study_name}")
-    print(f"rho_bottom     {best.rho_bottom:.4f}")
-    print(f"rho_top        {best.rho_top:.4f}")
-    if best.sigma_window is not None:
-        print(f"sigma window   [{best.sigma_window[0]:.4g}, {best.sigma_window[1]:.4g}]")
-    print(f"distance       {best.value:.4f}  ({best.n_samples} samples)")
-    if best.baseline_value is None:
-        print("baseline       (not measured yet)")
-    else:
-        gain = 100 * (best.baseline_value - best.value) / best.baseline_value if best.baseline_value else 0.0
-        print(f"baseline (1,1) {best.baseline_value:.4f}  ({gain:+.1f}% better tuned)")
-    print(f"trials         {best.n_trials}")
+    for line in describe(best):
+        print(line)
     return 0
+
+
+def describe(best: BestCoefficients) -> list[str]:
+    """The answer as text lines: the pair, its status, the held-out evidence, the search's own numbers."""
+    lines = [
+        f"study          {best.study_name}",
+        f"status         {best.status}" + ("" if best.validated else "  (unvalidated: search seeds only)"),
+        f"rho_bottom     {best.rho_bottom:.4f}",
+        f"rho_top        {best.rho_top:.4f}",
+    ]
+    if best.sigma_window is not None:
+        lines.append(f"sigma window   [{best.sigma_window[0]:.4g}, {best.sigma_window[1]:.4g}]")
+    if best.validated and best.gain is not None and best.gain_se is not None:
+        lines.append(
+            f"held-out       {best.holdout_value:.4f} vs baseline {best.holdout_baseline:.4f} "
+            f"({best.holdout_samples} samples each)"
+        )
+        what = "gain" if best.status == "validated" else "best candidate's gain (not significant)"
+        lines.append(f"{what:<14} {100 * best.gain:+.2f}% +- {100 * best.gain_se:.2f}% (1 s.e.)")
+    if best.value is not None:
+        lines.append(f"search value   {best.value:.4f}  ({best.n_samples} samples, search seeds)")
+    if best.baseline_value is None:
+        lines.append("baseline       (not measured yet)")
+    elif best.value is not None and not best.validated:
+        gain = 100 * (best.baseline_value - best.value) / best.baseline_value if best.baseline_value else 0.0
+        lines.append(f"baseline (1,1) {best.baseline_value:.4f}  ({gain:+.1f}% on search seeds, unvalidated)")
+    lines.append(f"trials         {best.n_trials}")
+    return lines

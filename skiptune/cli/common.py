@@ -60,3 +60,70 @@ def parse_float_pair(values: list[str], *, what: str) -> tuple[float, float]:
     except ValueError:
         raise SkiptuneError(f"bad {what} {' '.join(values)!r}: expected two numbers, e.g. 0.7 1.0") from None
     return lo, hi
+
+
+def add_validation_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the held-out validation stage (``study create``, ``validate``)."""
+    group = parser.add_argument_group("validation (held-out seeds)")
+    group.add_argument(
+        "--validate-top-k",
+        type=int,
+        default=3,
+        metavar="K",
+        help="distinct candidates re-evaluated on held-out seeds (default: %(default)s)",
+    )
+    group.add_argument(
+        "--validate-samples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="held-out samples per candidate (default: 2x --n-samples)",
+    )
+    group.add_argument(
+        "--validate-blocks",
+        type=int,
+        default=10,
+        metavar="B",
+        help="blocks of held-out seeds for the jackknife standard error (default: %(default)s)",
+    )
+    group.add_argument(
+        "--validate-seed-base",
+        type=int,
+        default=None,
+        metavar="S",
+        help="first held-out seed (default: the search's seed base + 1,000,000,000)",
+    )
+    group.add_argument(
+        "--gain-threshold",
+        type=float,
+        default=2.0,
+        metavar="Z",
+        help="standard errors a gain must exceed to be recommended (default: %(default)s)",
+    )
+    group.add_argument(
+        "--growth-trials",
+        type=int,
+        default=None,
+        metavar="T",
+        help="extra trials for growing the box towards an edge optimum, all growths "
+        "together; 0: fixed box (default: a third of --trials)",
+    )
+    group.add_argument(
+        "--no-validate", action="store_true", help="no validation: the answer stays the search best"
+    )
+
+
+def validation_settings(args: argparse.Namespace, *, n_trials: int) -> Any:  # -> ValidationSettings
+    from skiptune.search.validate import ValidationSettings
+
+    return ValidationSettings.default_for(
+        search_samples=args.n_samples,
+        search_seed_base=args.seed_base,
+        n_trials=n_trials,
+        n_samples=args.validate_samples,
+        seed_base=args.validate_seed_base,
+        top_k=args.validate_top_k,
+        blocks=args.validate_blocks,
+        threshold=args.gain_threshold,
+        growth_budget=args.growth_trials,
+    )

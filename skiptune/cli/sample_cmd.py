@@ -93,6 +93,13 @@ def _schedule(args: argparse.Namespace, model_name: str):  # -> SkipSchedule
         from skiptune.storage import open_storage
 
         best = best_coefficients(open_storage(storage_url(args)), model_name, args.nfe, args.sampler)
+        evidence = (
+            f"held-out gain {100 * best.gain:+.2f}% +- {100 * best.gain_se:.2f}% "
+            f"over {best.holdout_samples} samples"
+            if best.validated and best.gain is not None and best.gain_se is not None
+            else "unvalidated: search seeds only"
+        )
+        print(f"tuned pair of {best.study_name}: status {best.status} ({evidence})")
         return SkipSchedule(best.rho_bottom, best.rho_top, best.sigma_window)
     if args.rho:
         rb, rt = parse_float_pair(args.rho, what="--rho")

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from skiptune.cli.common import (
     add_json,
     add_storage,
+    add_validation_options,
     parse_float_pair,
     parse_int_list,
     print_json,
     storage_url,
+    validation_settings,
 )
 from skiptune.errors import SkiptuneError
 from skiptune.search.algorithms import SEARCH_ALGORITHMS
@@ -24,8 +27,14 @@ DESCRIPTION = """Create one study per NFE for a model, sampler and objective. Th
 the nearest NFEs already searched are enqueued as warm starts. Creating again is harmless (same
 identity -> same study; the budget takes the new value).
 
-The search box defaults to [0.5, 1.2] for both coefficients: the paper's tuned values lie inside it
-(below 1) and (1, 1) stays an interior point.
+When the budget is spent the answer is validated: the top --validate-top-k distinct pairs and the
+baseline are re-evaluated on held-out seeds no trial used, and the best is recommended only if its gain
+over the baseline exceeds --gain-threshold standard errors (else (1, 1), status no-gain). If the
+validated best presses against a side of the box, the box grows on that side and up to --growth-trials
+more trials search there, then validate again.
+
+The search box defaults to [0.2, 1.2] for both coefficients: the paper's tuned values (0.6-1.0) and the
+demo model's optima (0.3-1.15) lie inside it, and (1, 1) stays an interior point; it grows when needed.
 
 examples:
   skiptune study create --model demo --nfe 5,9,19 --extractor fmnist-classifier \\
@@ -93,6 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("LO", "HI"),
         help="also search a sigma window [lo, hi] inside this range (log scale); default: off",
     )
+    add_validation_options(create)
     add_storage(create)
     add_json(create)
     listing = sub.add_parser("list", help="list studies with their progress")
@@ -148,7 +158,10 @@ def _create(args: argparse.Namespace) -> int:
         n_trials=args.trials,
         search=args.search,
     )
-    results = create_studies(storage, specs)
+    validation = None if args.no_validate else validation_settings(args, n_trials=args.trials)
+    if validation is not None:
+        validation.check_disjoint(args.seed_base, args.n_samples)
+    results = create_studies(storage, [replace(s, validation=validation) for s in specs])
     if args.json:
         print_json([vars(r) for r in results])
         return 0

@@ -11,7 +11,11 @@ from skiptune.search.query import summary_rows
 from skiptune.storage import open_storage
 
 HELP = "table of best vs baseline distance per sampler and NFE for a model"
-DESCRIPTION = """examples:
+DESCRIPTION = """One row per study: its status, the headline gain (held-out, +- one standard error, once
+validated; "(search)" marks the search's own, optimistically biased gain before that), the recommended
+pair, and the search-seed distances of the baseline and of the pair.
+
+examples:
   skiptune table --model demo
   skiptune table --model demo --json
 """
@@ -27,6 +31,24 @@ def _fmt(value: float | None, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _gain(row: dict[str, object]) -> str:
+    """The headline gain: held-out with its standard error once validated, else marked unvalidated."""
+    gain, se = row["improvement"], row["gain_se"]
+    if gain is None:
+        return "-"
+    assert isinstance(gain, float)
+    if not row["validated"]:
+        return f"{100 * gain:+.1f}% (search)"
+    if row["status"] == "no-gain":
+        best = row["gain"]
+        return (
+            f"none (best {100 * best:+.1f}±{100 * se:.1f}%)"
+            if isinstance(best, float) and isinstance(se, float)
+            else "none"
+        )
+    return f"{100 * gain:+.1f}±{100 * se:.1f}%" if isinstance(se, float) else f"{100 * gain:+.1f}%"
+
+
 def run(args: argparse.Namespace) -> int:
     rows = summary_rows(open_storage(storage_url(args)), args.model)
     if args.json:
@@ -38,18 +60,30 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title=f"Skip-Tuning: {args.model}")
-    for col in ("sampler", "NFE", "baseline", "tuned", "gain", "rho_bottom", "rho_top", "trials", "study"):
-        table.add_column(col, justify="left" if col in ("sampler", "study") else "right")
+    columns = (
+        "sampler",
+        "NFE",
+        "status",
+        "gain",
+        "rho_bottom",
+        "rho_top",
+        "baseline",
+        "tuned",
+        "trials",
+        "study",
+    )
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("sampler", "status", "study") else "right")
     for r in rows:
-        gain = None if r["improvement"] is None else 100 * r["improvement"]
         table.add_row(
             r["sampler"],
             str(r["nfe"]),
-            _fmt(r["baseline_value"]),
-            _fmt(r["value"]),
-            "-" if gain is None else f"{gain:+.1f}%",
+            r["status"],
+            _gain(r),
             _fmt(r["rho_bottom"], ".3f"),
             _fmt(r["rho_top"], ".3f"),
+            _fmt(r["baseline_value"]),
+            _fmt(r["value"]),
             f"{r['n_trials']}/{r['budget']}",
             r["study"],
         )

@@ -12,7 +12,7 @@ import itertools
 import json
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,6 +22,9 @@ from skiptune.objectives.frechet import FeatureStats, frechet_distance
 from skiptune.objectives.reference import ReferenceStats, check_compatible
 from skiptune.sampling import SAMPLERS, generate_images
 from skiptune.skips import SkipSchedule, skip_tuning
+
+if TYPE_CHECKING:
+    from skiptune.objectives.holdout import BlockDistances
 
 
 def check_rungs(rungs: Sequence[int], n_samples: int) -> tuple[int, ...]:
@@ -123,6 +126,14 @@ class FDObjective:
                 if side is not None:
                     side.synchronize()
                 yield rung, self._distance(stats)
+
+    def block_distances(
+        self, schedule: SkipSchedule, *, seed_base: int, n_samples: int, blocks: int
+    ) -> BlockDistances:
+        """Held-out distances of ``schedule`` on other seeds, in blocks (see ``objectives.holdout``)."""
+        from skiptune.objectives.holdout import block_distances
+
+        return block_distances(self, schedule, seed_base=seed_base, n_samples=n_samples, blocks=blocks)
 
     def _extract(self, batch: torch.Tensor, stats: FeatureStats, side: torch.cuda.Stream | None) -> None:
         """Features of one batch; on CUDA on a side stream, overlapping the next batch's sampling."""

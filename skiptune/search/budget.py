@@ -21,17 +21,33 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-#: Trial user attribute holding why skiptune failed a trial: {"kind": ..., "reason": ...}.
-FAIL_ATTR = "skiptune_fail"
-#: Fail kinds; only an evaluation failure counts against the budget.
-EVALUATION_FAILED = "evaluation"
-OVER_BUDGET = "over_budget"
-RELEASED = "released"
+from skiptune.search.records import (  # re-exported: the fail kinds are part of the budget's rule
+    EVALUATION_FAILED,
+    FAIL_ATTR,
+    OVER_BUDGET,
+    PRIOR,
+    RELEASED,
+    ROLE_ATTR,
+    fresh_trials,
+)
+
+__all__ = [
+    "EVALUATION_FAILED",
+    "FAIL_ATTR",
+    "OVER_BUDGET",
+    "RELEASED",
+    "counts_against_budget",
+    "fresh_trials",
+    "used_budget",
+    "within_budget",
+]
 
 _COUNTING_STATES = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def counts_against_budget(trial: FrozenTrial) -> bool:
+    if trial.user_attrs.get(ROLE_ATTR) == PRIOR:
+        return False  # an earlier phase's trial copied into a grow phase: evaluated and counted there
     if trial.state in _COUNTING_STATES:
         return True
     fail: Any = trial.user_attrs.get(FAIL_ATTR)
@@ -40,11 +56,6 @@ def counts_against_budget(trial: FrozenTrial) -> bool:
 
 def used_budget(trials: list[FrozenTrial]) -> int:
     return sum(counts_against_budget(t) for t in trials)
-
-
-def fresh_trials(storage: optuna.storages.BaseStorage, study_id: int) -> list[FrozenTrial]:
-    """All trials as the database holds them now (not through a per-process cache)."""
-    return storage.get_all_trials(study_id, deepcopy=False)
 
 
 def within_budget(

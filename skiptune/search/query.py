@@ -10,30 +10,49 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from skiptune.errors import SkiptuneError
-from skiptune.search.budget import fresh_trials, used_budget
+from skiptune.search.budget import used_budget
+from skiptune.search.experiment import UNVALIDATED, Experiment, load_experiment, param_key
+from skiptune.search.records import BASELINE, ROLE_ATTR
 from skiptune.search.space import schedule_from_params
-from skiptune.search.study import ROLE_ATTR, StoredStudy, find_studies
+from skiptune.search.study import StoredStudy, find_studies
+from skiptune.search.validate import NO_GAIN, VALIDATED
 from skiptune.storage import open_storage
 
 
 @dataclass(frozen=True)
 class BestCoefficients:
-    """The best pair found for one study, with the untuned baseline measured the same way."""
+    """The answer of one study: the recommended pair, how far it is validated, and its evidence.
+
+    ``status``: ``searching`` / ``validating`` (the pair is the search's best so far, unvalidated),
+    ``validated`` (the pair beat the baseline on held-out seeds by more than the threshold in standard
+    errors), ``no-gain`` (it did not: the pair is (1, 1)), ``unvalidated`` (a study without validation:
+    the search's best). ``value``/``baseline_value`` are on the search's own seeds (biased low for the
+    best of many trials); ``holdout_*`` and ``gain*`` are on held-out seeds and are the numbers to trust.
+    """
 
     rho_bottom: float
     rho_top: float
     sigma_window: tuple[float, float] | None
-    value: float
+    value: float | None  # search-seed distance of the recommended pair (None: never searched as such)
     baseline_value: float | None  # None until the baseline (1, 1) trial completed
     n_samples: int  # samples behind `value` (the last rung)
-    n_trials: int  # trials counted against the budget so far
+    n_trials: int  # trials counted against the budget so far (all phases)
     study_name: str
+    status: str = UNVALIDATED
+    validated: bool = False  # True for `validated` and `no-gain`: the answer is a held-out decision
+    holdout_value: float | None = None  # held-out distance of the recommended pair
+    holdout_baseline: float | None = None
+    gain: float | None = None  # held-out relative gain over the baseline of the best validated candidate
+    gain_se: float | None = None
+    holdout_samples: int | None = None
+    search_best: dict[str, float] | None = None  # the search's own minimum (unvalidated), for reference
+    box: dict[str, list[float]] | None = None  # the latest search box (grown boxes included)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _pick_study(
+def pick_study(
     storage: optuna.storages.BaseStorage, model: str, nfe: int, sampler: str, study_name: str | None
 ) -> StoredStudy:
     studies = find_studies(storage, model=model, sampler=sampler, nfes=[nfe])
@@ -67,26 +86,61 @@ def best_coefficients(
     *,
     study_name: str | None = None,
 ) -> BestCoefficients:
-    """The best (rho_bottom, rho_top) of the study for (model, sampler, NFE); ``storage``: URL or storage."""
+    """The recommended (rho_bottom, rho_top) of the study for (model, sampler, NFE), with its status;
+    ``storage``: URL or storage."""
     storage = _storage(storage)
-    study = _pick_study(storage, model, nfe, sampler, study_name)
-    trials = fresh_trials(storage, study.study_id)
-    best = _best(trials)
-    if best is None:
+    study = pick_study(storage, model, nfe, sampler, study_name)
+    answer = answer_of(load_experiment(storage, study))
+    if answer is None:
         raise SkiptuneError(
-            f"study {study.name!r} has no complete trial yet ({len(trials)} trials); "
+            f"study {study.name!r} has no complete trial yet; "
             f"run workers with: skiptune worker --model {model} --nfe {nfe}"
         )
-    schedule = schedule_from_params(best.params)
+    return answer
+
+
+def answer_of(exp: Experiment) -> BestCoefficients | None:
+    """The experiment's answer now (None before any trial completed)."""
+    trials = exp.search_trials()
+    best = _best(trials)
+    if best is None:
+        return None
+    status = exp.status()
+    decision = exp.decision() if status in (VALIDATED, NO_GAIN) else None
+    params = decision.params if decision is not None else dict(best.params)
+    schedule = schedule_from_params(params)
+    chosen = _search_value(trials, params)
+    compared = decision.best if decision is not None else None
+    holdout_value = None
+    if decision is not None and compared is not None:
+        holdout_value = compared.value if decision.status == VALIDATED else compared.baseline_value
     return BestCoefficients(
         rho_bottom=schedule.rho_bottom,
         rho_top=schedule.rho_top,
         sigma_window=schedule.sigma_window,
-        value=float(best.value),  # type: ignore[arg-type]
+        value=chosen.value if chosen is not None else None,
         baseline_value=_baseline_value(trials),
-        n_samples=int(best.last_step) if best.last_step is not None else 0,
-        n_trials=used_budget(trials),
-        study_name=study.name,
+        n_samples=int(chosen.last_step) if chosen is not None and chosen.last_step is not None else 0,
+        n_trials=sum(used_budget(p.trials) for p in exp.phases),
+        study_name=exp.main.name,
+        status=status,
+        validated=decision is not None,
+        holdout_value=holdout_value,
+        holdout_baseline=compared.baseline_value if compared is not None else None,
+        gain=compared.relative_gain if compared is not None else None,
+        gain_se=compared.relative_gain_se if compared is not None else None,
+        holdout_samples=compared.n_samples if compared is not None else None,
+        search_best={**{k: float(v) for k, v in best.params.items()}, "value": float(best.value)},  # type: ignore[arg-type]
+        box=exp.phases[-1].space.to_dict(),
+    )
+
+
+def _search_value(trials: Sequence[FrozenTrial], params: dict[str, Any]) -> FrozenTrial | None:
+    """The complete search trial with these params (the baseline's, for (1, 1))."""
+    key = param_key(params)
+    return next(
+        (t for t in trials if t.state == TrialState.COMPLETE and param_key(t.params) == key and t.params),
+        None,
     )
 
 
@@ -97,7 +151,7 @@ def _best(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
 
 def _baseline_value(trials: Sequence[FrozenTrial]) -> float | None:
     for t in trials:
-        if t.state == TrialState.COMPLETE and t.user_attrs.get(ROLE_ATTR) == "baseline":
+        if t.state == TrialState.COMPLETE and t.user_attrs.get(ROLE_ATTR) == BASELINE:
             return float(t.value)  # type: ignore[arg-type]
     return None
 
@@ -105,14 +159,18 @@ def _baseline_value(trials: Sequence[FrozenTrial]) -> float | None:
 def summary_rows(
     storage: str | optuna.storages.BaseStorage, model: str | None = None
 ) -> list[dict[str, Any]]:
-    """One row per study (of ``model``, or all): best pair and value vs baseline, budget progress."""
+    """One row per study (of ``model``, or all): the answer, its status and headline gain, progress.
+
+    ``improvement`` is the headline gain: on held-out seeds once validated (0 for ``no-gain``), else the
+    search's own (unvalidated, biased) gain, as ``improvement_source`` says.
+    """
     storage = _storage(storage)
     rows = []
+    listing = storage.get_all_studies()
     for study in find_studies(storage, model=model):
-        trials = fresh_trials(storage, study.study_id)
-        best = _best(trials)
-        baseline = _baseline_value(trials)
-        schedule = schedule_from_params(best.params) if best is not None else None
+        exp = load_experiment(storage, study, listing)
+        trials = exp.search_trials()
+        answer = answer_of(exp)
         rows.append(
             {
                 "study": study.name,
@@ -120,23 +178,43 @@ def summary_rows(
                 "search": study.spec.search,
                 "sampler": study.spec.sampler,
                 "nfe": study.spec.nfe,
-                "rho_bottom": schedule.rho_bottom if schedule else None,
-                "rho_top": schedule.rho_top if schedule else None,
-                "sigma_window": list(schedule.sigma_window) if schedule and schedule.sigma_window else None,
-                "value": float(best.value) if best is not None else None,  # type: ignore[arg-type]
-                "baseline_value": baseline,
-                "improvement": (
-                    (baseline - float(best.value)) / baseline  # type: ignore[arg-type]
-                    if best is not None and baseline
-                    else None
-                ),
+                **_answer_columns(answer),
                 "n_complete": sum(t.state == TrialState.COMPLETE for t in trials),
                 "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
                 "n_running": sum(t.state == TrialState.RUNNING for t in trials),
                 "n_waiting": sum(t.state == TrialState.WAITING for t in trials),
                 "n_failed": sum(t.state == TrialState.FAIL for t in trials),
-                "n_trials": used_budget(trials),
-                "budget": study.spec.n_trials,
+                "n_trials": sum(used_budget(p.trials) for p in exp.phases),
+                "budget": sum(p.budget for p in exp.phases),
+                "status": exp.status(),
             }
         )
     return rows
+
+
+def _answer_columns(answer: BestCoefficients | None) -> dict[str, Any]:
+    if answer is None:
+        keys = ("rho_bottom", "rho_top", "sigma_window", "value", "improvement", "gain", "gain_se")
+        return {**dict.fromkeys(keys), "baseline_value": None, "improvement_source": None,
+                "holdout_samples": None, "validated": False, "search_best": None}  # fmt: skip
+    if answer.validated:
+        improvement = answer.gain if answer.status == VALIDATED else 0.0
+        source = "held-out"
+    else:
+        base, value = answer.baseline_value, answer.value
+        improvement = (base - value) / base if base and value is not None else None
+        source = "search (unvalidated)"
+    return {
+        "rho_bottom": answer.rho_bottom,
+        "rho_top": answer.rho_top,
+        "sigma_window": list(answer.sigma_window) if answer.sigma_window else None,
+        "value": answer.value,
+        "baseline_value": answer.baseline_value,
+        "improvement": improvement,
+        "improvement_source": source,
+        "gain": answer.gain,
+        "gain_se": answer.gain_se,
+        "holdout_samples": answer.holdout_samples,
+        "validated": answer.validated,
+        "search_best": answer.search_best,
+    }

@@ -22,14 +22,20 @@ from optuna.trial import TrialState
 from skiptune.errors import SkiptuneError
 from skiptune.search.algorithms import SEARCH_ALGORITHMS
 from skiptune.search.budget import fresh_trials, used_budget
+from skiptune.search.records import (
+    BASELINE,
+    BUDGET_ATTR,
+    IDENTITY_ATTR,
+    OBJECTIVE_ARGS_ATTR,
+    ROLE_ATTR,
+    SEARCH_ATTR,
+    VALIDATION_ATTR,
+    WARM_FROM_ATTR,
+    WARM_START,
+    study_id,
+)
 from skiptune.search.space import BASELINE_PARAMS, SearchSpace
-
-IDENTITY_ATTR = "skiptune_identity"
-OBJECTIVE_ARGS_ATTR = "skiptune_objective_args"
-BUDGET_ATTR = "skiptune_budget"
-SEARCH_ATTR = "skiptune_search"
-#: Trial user attribute: "baseline" or "warm_start" for enqueued trials.
-ROLE_ATTR = "skiptune_role"
+from skiptune.search.validate import ValidationSettings
 
 
 def canonical(obj: Any) -> Any:
@@ -52,6 +58,7 @@ class StudySpec:
     space: SearchSpace = field(default_factory=SearchSpace)
     n_trials: int = 30
     search: str = "tpe"
+    validation: ValidationSettings | None = None  # None: the answer stays unvalidated (old studies)
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
@@ -85,12 +92,15 @@ class StudySpec:
         return f"{self.model}/{self.sampler}/nfe={self.nfe}/{self.identity_hash}"
 
     def user_attrs(self) -> dict[str, Any]:
-        return {
+        attrs = {
             IDENTITY_ATTR: self.canonical_identity(),
             OBJECTIVE_ARGS_ATTR: self.objective_args,
             BUDGET_ATTR: self.n_trials,
             SEARCH_ATTR: self.search,
         }
+        if self.validation is not None:
+            attrs[VALIDATION_ATTR] = self.validation.to_dict()
+        return attrs
 
     @classmethod
     def from_user_attrs(cls, attrs: dict[str, Any]) -> StudySpec | None:
@@ -109,6 +119,11 @@ class StudySpec:
             space=SearchSpace.from_dict(ident["space"]),
             n_trials=int(attrs.get(BUDGET_ATTR, 1)),
             search=str(attrs.get(SEARCH_ATTR, "tpe")),
+            validation=(
+                ValidationSettings.from_dict(attrs[VALIDATION_ATTR])
+                if isinstance(attrs.get(VALIDATION_ATTR), dict)
+                else None
+            ),
         )
 
 
@@ -191,10 +206,10 @@ def _enqueue_baseline(
 ) -> list[dict[str, float]]:
     # Only the creating call enqueues without looking (exactly once even if two `study create` race);
     # a rerun enqueues only if the baseline never made it (creator died in between).
-    trials = fresh_trials(storage, study._study_id)
-    if not created and any(t.user_attrs.get(ROLE_ATTR) == "baseline" for t in trials):
+    trials = fresh_trials(storage, study_id(study))
+    if not created and any(t.user_attrs.get(ROLE_ATTR) == BASELINE for t in trials):
         return []
-    study.enqueue_trial(dict(BASELINE_PARAMS), user_attrs={ROLE_ATTR: "baseline"}, skip_if_exists=True)
+    study.enqueue_trial(dict(BASELINE_PARAMS), user_attrs={ROLE_ATTR: BASELINE}, skip_if_exists=True)
     return [dict(BASELINE_PARAMS)]
 
 
@@ -204,7 +219,7 @@ def _enqueue_warm_starts(
     """Enqueue the best pairs of the nearest lower and higher NFE of the same model/sampler/objective."""
     enqueued = []
     for neighbour in _neighbours(storage, spec):
-        trials = fresh_trials(storage, study._study_id)
+        trials = fresh_trials(storage, study_id(study))
         if used_budget(trials) >= spec.n_trials:
             break
         best = _best_complete(storage, neighbour.study_id)
@@ -214,10 +229,10 @@ def _enqueue_warm_starts(
         n_before = len(trials)
         study.enqueue_trial(
             params,
-            user_attrs={ROLE_ATTR: "warm_start", "skiptune_warm_from": neighbour.name},
+            user_attrs={ROLE_ATTR: WARM_START, WARM_FROM_ATTR: neighbour.name},
             skip_if_exists=True,
         )
-        if len(fresh_trials(storage, study._study_id)) > n_before:
+        if len(fresh_trials(storage, study_id(study))) > n_before:
             enqueued.append(params)
     return enqueued
 

@@ -14,23 +14,38 @@ import torch
 from optuna.trial import TrialState
 
 from skiptune.errors import EvaluationError
-from skiptune.search.budget import EVALUATION_FAILED, FAIL_ATTR, OVER_BUDGET, RELEASED, within_budget
+from skiptune.objectives.holdout import BlockDistances
+from skiptune.search.budget import within_budget
 from skiptune.search.heartbeat import Heartbeat
+from skiptune.search.records import (
+    EVALUATION_FAILED,
+    FAIL_ATTR,
+    OVER_BUDGET,
+    PRECISION_ATTR,
+    RELEASED,
+    RELEASED_FROM_ATTR,
+    ROLE_ATTR,
+    WORKER_ATTR,
+    fixed_params,
+    study_id,
+    study_storage,
+    trial_id,
+)
 from skiptune.search.stopping import StopSignal, WorkerStopped
-from skiptune.search.study import ROLE_ATTR, StudySpec
+from skiptune.search.study import StudySpec
 from skiptune.skips import SkipSchedule
 
 _log = logging.getLogger(__name__)
-
-#: Trial user attribute: the worker that evaluated the trial ("host:pid:index").
-WORKER_ATTR = "skiptune_worker"
-PRECISION_ATTR = "skiptune_precision"  # fp32 / bf16 / fp16: what the evaluating worker sampled in
 
 
 class Objective(Protocol):
     """What a worker evaluates (``skiptune.objectives.fid.FDObjective``)."""
 
     def evaluate(self, schedule: SkipSchedule) -> Iterator[tuple[int, float]]: ...
+
+    def block_distances(
+        self, schedule: SkipSchedule, *, seed_base: int, n_samples: int, blocks: int
+    ) -> BlockDistances: ...
 
     def identity(self) -> dict[str, Any]: ...
 
@@ -55,16 +70,16 @@ def run_one_trial(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "heartbeat is supposed to be used with optimize"
         trial = study.ask()  # pops an enqueued (WAITING) trial first, as Optuna does
-    with Heartbeat(storage, trial._trial_id):
-        if not within_budget(storage, study._study_id, trial.number, spec.n_trials):
-            _fail(study, trial, OVER_BUDGET, "the study's budget was claimed by other workers first")
+    with Heartbeat(storage, trial_id(trial)):
+        if not within_budget(storage, study_id(study), trial.number, spec.n_trials):
+            fail_trial(study, trial, OVER_BUDGET, "the study's budget was claimed by other workers first")
             return TrialOutcome(trial.number, "over_budget")
         trial.set_user_attr(PRECISION_ATTR, precision)  # first: a trial with a worker has its precision
         trial.set_user_attr(WORKER_ATTR, worker_id)
         try:
             return _evaluate(study, trial, spec, objective, stop)
         except WorkerStopped:
-            _release(study, trial)
+            release_trial(study, trial)
             return TrialOutcome(trial.number, "released")
 
 
@@ -87,26 +102,26 @@ def _evaluate(
                 study.tell(trial, state=TrialState.PRUNED)
                 return TrialOutcome(trial.number, "pruned", value)
     except (EvaluationError, torch.OutOfMemoryError) as exc:
-        _fail(study, trial, EVALUATION_FAILED, f"{type(exc).__name__}: {exc}")
+        fail_trial(study, trial, EVALUATION_FAILED, f"{type(exc).__name__}: {exc}")
         return TrialOutcome(trial.number, "failed")
     if value is None or not math.isfinite(value):
-        _fail(study, trial, EVALUATION_FAILED, f"the objective gave no finite value ({value})")
+        fail_trial(study, trial, EVALUATION_FAILED, f"the objective gave no finite value ({value})")
         return TrialOutcome(trial.number, "failed")
     study.tell(trial, value)
     return TrialOutcome(trial.number, "complete", value)
 
 
-def _fail(study: optuna.Study, trial: optuna.Trial, kind: str, reason: str) -> None:
+def fail_trial(study: optuna.Study, trial: optuna.Trial, kind: str, reason: str) -> None:
     _log.info("trial %d failed (%s): %s", trial.number, kind, reason)
     trial.set_user_attr(FAIL_ATTR, {"kind": kind, "reason": reason[:500]})
     study.tell(trial, state=TrialState.FAIL)
 
 
-def _release(study: optuna.Study, trial: optuna.Trial) -> None:
+def release_trial(study: optuna.Study, trial: optuna.Trial) -> None:
     """Give the trial back: enqueue its params again (first: never a moment with neither counted), fail it."""
-    frozen = study._storage.get_trial(trial._trial_id)
-    params: dict[str, Any] = dict(frozen.params) or dict(frozen.system_attrs.get("fixed_params", {}))
+    frozen = study_storage(study).get_trial(trial_id(trial))
+    params = fixed_params(frozen)
     if params:
         attrs = {k: v for k, v in frozen.user_attrs.items() if k == ROLE_ATTR}
-        study.enqueue_trial(params, user_attrs={**attrs, "skiptune_released_from": trial.number})
-    _fail(study, trial, RELEASED, "the worker was stopped; params re-enqueued" if params else "stopped")
+        study.enqueue_trial(params, user_attrs={**attrs, RELEASED_FROM_ATTR: trial.number})
+    fail_trial(study, trial, RELEASED, "the worker was stopped; params re-enqueued" if params else "stopped")

@@ -28,11 +28,14 @@ from skiptune.devices import resolve_device
 from skiptune.errors import SkiptuneError
 from skiptune.search.algorithms import build_sampler
 from skiptune.search.budget import fresh_trials, used_budget
+from skiptune.search.experiment import Experiment, advance, load_experiment
 from skiptune.search.heartbeat import heartbeat_interval
 from skiptune.search.pruning import RungPruner
 from skiptune.search.stopping import StopSignal
-from skiptune.search.study import BUDGET_ATTR, StoredStudy, StudySpec, canonical, find_studies
+from skiptune.search.study import StoredStudy, StudySpec, canonical, find_studies
 from skiptune.search.trial_run import Objective, TrialOutcome, run_one_trial
+from skiptune.search.validate import ValidationSettings
+from skiptune.search.validation_run import run_validation_job
 from skiptune.storage import open_storage
 
 _log = logging.getLogger(__name__)
@@ -110,24 +113,34 @@ def run_worker(
     stop.install()
     try:
         while not stop.requested and (max_trials is None or summary.evaluated < max_trials):
-            target = loop.next_study(stop)
-            if target is None:
+            unit = loop.next_unit(stop)
+            if unit is None:
                 break
-            outcome = run_one_trial(
-                loop.study(target),
-                storage,
-                target.spec,
-                objective_for(target),
-                worker_id=worker_id,
-                stop=stop,
-                precision=precision_used,
+            outcome = _run_unit(loop, unit, objective_for(unit.main), worker_id, stop, precision_used)
+            if outcome is None:
+                continue  # another worker took the last job first
+            _log.info(
+                "%s trial %d: %s %s", unit.study_name, outcome.number, outcome.state, outcome.value or ""
             )
-            _log.info("%s trial %d: %s %s", target.name, outcome.number, outcome.state, outcome.value or "")
             summary.outcomes.append(outcome)
     finally:
         stop.uninstall()
     summary.stopped = stop.requested
     return summary
+
+
+def _run_unit(
+    loop: _Loop, unit: Unit, objective: Objective, worker_id: str, stop: StopSignal, precision: str
+) -> TrialOutcome | None:
+    study = loop.study(unit)
+    if unit.kind == "validate":
+        assert unit.settings is not None
+        return run_validation_job(
+            study, unit.settings, objective, worker_id=worker_id, stop=stop, precision=precision
+        )
+    return run_one_trial(
+        study, loop.storage, unit.spec, objective, worker_id=worker_id, stop=stop, precision=precision
+    )
 
 
 def _select_studies(
@@ -171,8 +184,19 @@ def _checked_objective(objective: Objective, study: StoredStudy) -> Objective:
     return objective
 
 
+@dataclass(frozen=True)
+class Unit:
+    """One piece of work: a search trial in a phase, or a job of a validation round."""
+
+    kind: str  # "search" or "validate"
+    main: StoredStudy  # the experiment's main study (identity, objective)
+    study_name: str  # the Optuna study the trial lives in (main, grow phase or round)
+    spec: StudySpec  # for search: the phase's space and budget
+    settings: ValidationSettings | None = None
+
+
 class _Loop:
-    """Study choice and end-of-work detection over the selected studies."""
+    """Work choice and end-of-work detection over the selected experiments."""
 
     def __init__(
         self, storage: optuna.storages.BaseStorage, studies: list[StoredStudy], *, worker_id: str, seed: int
@@ -184,47 +208,74 @@ class _Loop:
         self._optuna: dict[str, optuna.Study] = {}
         interval = heartbeat_interval(storage)
         self.poll_s = float(max(1, min(interval, 10))) if interval else None
+        self.grace = float(getattr(storage, "grace_period", None) or 120)
 
-    def study(self, s: StoredStudy) -> optuna.Study:
-        if s.name not in self._optuna:
-            spec = s.spec
-            self._optuna[s.name] = optuna.load_study(
-                study_name=s.name,
-                storage=self.storage,
-                sampler=build_sampler(
-                    spec.search, space=spec.space, n_trials=spec.n_trials, seed=self.seed + s.study_id
-                ),
-                pruner=RungPruner(
-                    list(spec.objective_args.get("rungs") or [spec.objective_args["n_samples"]])
-                ),
+    def study(self, unit: Unit) -> optuna.Study:
+        if unit.study_name not in self._optuna:
+            spec = unit.spec
+            sampler: optuna.samplers.BaseSampler = (
+                build_sampler(
+                    spec.search, space=spec.space, n_trials=spec.n_trials, seed=self.seed + unit.main.study_id
+                )
+                if unit.kind == "search"
+                else optuna.samplers.RandomSampler(seed=self.seed)  # jobs are enqueued: never sampled
             )
-        return self._optuna[s.name]
+            pruner = RungPruner(list(spec.objective_args.get("rungs") or [spec.objective_args["n_samples"]]))
+            self._optuna[unit.study_name] = optuna.load_study(
+                study_name=unit.study_name, storage=self.storage, sampler=sampler, pruner=pruner
+            )
+        return self._optuna[unit.study_name]
 
-    def _with_current_budget(self, s: StoredStudy) -> StoredStudy:
-        # `study create --trials N` may raise (or lower) the budget while workers run.
-        budget = int(self.storage.get_study_user_attrs(s.study_id).get(BUDGET_ATTR, s.spec.n_trials))
-        return s if budget == s.spec.n_trials else replace(s, spec=replace(s.spec, n_trials=budget))
+    def _units(self, exp: Experiment) -> tuple[list[tuple[float, Unit]], list[Unit], int]:
+        """(search units with their used fraction, validation units with waiting jobs, running trials)."""
+        search, validate, running = [], [], 0
+        main = exp.main
+        for phase in exp.phases:
+            spec = replace(main.spec, space=phase.space, n_trials=phase.budget)
+            unit = Unit("search", main, phase.name, spec)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                failed = optuna.storages.fail_stale_trials(self.study(unit))
+            trials = fresh_trials(self.storage, phase.study_id) if failed else phase.trials
+            used = used_budget(trials)
+            waiting = any(t.state == TrialState.WAITING for t in trials)
+            running += sum(t.state == TrialState.RUNNING for t in trials)
+            if used < phase.budget or waiting:
+                search.append((used / phase.budget, unit))
+        for r in exp.rounds:
+            unit = Unit("validate", main, r.name, main.spec, exp.settings)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                failed = optuna.storages.fail_stale_trials(self.study(unit))
+            trials = fresh_trials(self.storage, r.study_id) if failed else r.trials
+            running += sum(t.state == TrialState.RUNNING for t in trials)
+            if any(t.state == TrialState.WAITING for t in trials):
+                validate.append(unit)
+        return search, validate, running + len(exp.unready)
 
-    def next_study(self, stop: StopSignal) -> StoredStudy | None:
-        """The study with the least used budget that needs a trial; waits while others' trials run."""
+    def next_unit(self, stop: StopSignal) -> Unit | None:
+        """Validation jobs first (they turn finished searches into answers), then the search with the least
+        used budget; waits while others' trials run (they may die and need a re-run)."""
         while not stop.requested:
-            needy: list[tuple[float, StoredStudy]] = []
+            search: list[tuple[float, Unit]] = []
+            validate: list[Unit] = []
             running = 0
-            for s in map(self._with_current_budget, self.studies):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(self.study(s))
-                trials = fresh_trials(self.storage, s.study_id)
-                used = used_budget(trials)
-                waiting = any(t.state == TrialState.WAITING for t in trials)
-                running += sum(t.state == TrialState.RUNNING for t in trials)
-                if used < s.spec.n_trials or waiting:
-                    needy.append((used / s.spec.n_trials, s))
-            if needy:
-                return min(needy, key=lambda x: x[0])[1]
+            listing = self.storage.get_all_studies()
+            for s in self.studies:
+                exp = load_experiment(self.storage, s, listing)
+                if advance(self.storage, exp, grace=self.grace):
+                    exp = load_experiment(self.storage, s)
+                units = self._units(exp)
+                search += units[0]
+                validate += units[1]
+                running += units[2]
+            if validate:
+                return validate[0]
+            if search:
+                return min(search, key=lambda x: x[0])[1]
             if running == 0 or self.poll_s is None:
                 return None
-            time.sleep(self.poll_s)  # other workers' trials may still die and need a re-run
+            time.sleep(self.poll_s)
         return None
 
 

@@ -1,0 +1,104 @@
+"""Held-out evaluation in blocks: the distance over all samples and with each block of seeds left out.
+
+A validation job samples ``n_samples`` seeds that no search trial used, split into ``blocks`` contiguous
+blocks of seeds. Feature statistics are sums, so the statistics of "every block but b" are the total minus
+block b (float64): one pass over the images gives the full distance and the ``blocks`` leave-one-out
+distances a delete-a-group jackknife needs (``skiptune.search.validate`` turns those into a standard
+error). Seeds, not batches, define the blocks, so batch size and device never change them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from skiptune.errors import SkiptuneError
+from skiptune.objectives.fid import FDObjective
+from skiptune.objectives.frechet import FeatureStats
+from skiptune.sampling import generate_images
+from skiptune.skips import SkipSchedule, skip_tuning
+
+
+@dataclass(frozen=True)
+class BlockDistances:
+    """One schedule's held-out distances: over all samples, and without each block (same block order)."""
+
+    value: float
+    leave_one_out: tuple[float, ...]
+    n_samples: int
+    seed_base: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "value": self.value,
+            "leave_one_out": list(self.leave_one_out),
+            "n_samples": self.n_samples,
+            "seed_base": self.seed_base,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BlockDistances:
+        return cls(
+            value=float(data["value"]),
+            leave_one_out=tuple(float(v) for v in data["leave_one_out"]),
+            n_samples=int(data["n_samples"]),
+            seed_base=int(data["seed_base"]),
+        )
+
+
+def block_bounds(n_samples: int, blocks: int) -> list[tuple[int, int]]:
+    """``blocks`` contiguous ``[start, stop)`` offsets covering ``range(n_samples)``, sizes within 1."""
+    if blocks < 2 or n_samples < 2 * blocks:
+        raise SkiptuneError(
+            f"bad held-out split: {n_samples} samples in {blocks} blocks; expected at least 2 blocks of "
+            f"at least 2 samples each, e.g. {max(20, 2 * blocks)} samples in 10 blocks"
+        )
+    edges = [round(i * n_samples / blocks) for i in range(blocks + 1)]
+    return list(itertools.pairwise(edges))
+
+
+def _without(total: FeatureStats, block: FeatureStats) -> FeatureStats:
+    rest = FeatureStats(total.feature_dim, device=total.sum.device)
+    rest.count = total.count - block.count
+    rest.sum = total.sum - block.sum
+    rest.sum_outer = total.sum_outer - block.sum_outer
+    return rest
+
+
+def block_distances(
+    objective: FDObjective, schedule: SkipSchedule, *, seed_base: int, n_samples: int, blocks: int
+) -> BlockDistances:
+    """Distances of seeds ``seed_base ..`` ``seed_base + n_samples - 1`` under ``schedule``, in ``blocks``."""
+    if seed_base < 0:
+        raise SkiptuneError(f"bad held-out seed base {seed_base}: expected a non-negative integer")
+    device = getattr(objective.extractor, "device", objective.device)
+    side = torch.cuda.Stream(objective.device) if objective.device.type == "cuda" else None
+    per_block = []
+    with skip_tuning(objective.denoiser, schedule):
+        for start, stop in block_bounds(n_samples, blocks):
+            stats = FeatureStats(objective.extractor.feature_dim, device=device)
+            for batch in generate_images(
+                objective.denoiser,
+                sampler=objective.sampler,
+                nfe=objective.nfe,
+                seeds=range(seed_base + start, seed_base + stop),
+                batch_size=objective.batch_size,
+                device=objective.device,
+                settings=objective.sampler_settings,
+            ):
+                objective._extract(batch, stats, side)
+            per_block.append(stats)
+    if side is not None:
+        side.synchronize()
+    total = FeatureStats(objective.extractor.feature_dim, device=device)
+    for stats in per_block:
+        total.merge(stats)
+    return BlockDistances(
+        value=objective._distance(total),
+        leave_one_out=tuple(objective._distance(_without(total, b)) for b in per_block),
+        n_samples=n_samples,
+        seed_base=seed_base,
+    )

@@ -1,0 +1,44 @@
+"""A search box that follows the optimum: grow the side of the box the validated best is pressed against.
+
+A fixed box can hide the optimum (on the demo model, Heun NFE 5's best pair lies near (0.3, 0.4)).
+When the validated best lies within ``edge`` x width of a side that is not a hard limit, that side moves
+out by half the box's width (clamped to the hard limits), and a bounded extra search runs in the grown box.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from skiptune.search.space import SearchSpace
+
+#: Hard limits of a grown box: a coefficient below 0 flips a skip's sign; far above 1 the decoder sees
+#: skip activations it never saw in training (the paper's tuned values lie in 0.5-1.2).
+RHO_HARD_LIMITS = (0.0, 2.0)
+
+
+def _grow_side(
+    value: float, box: tuple[float, float], edge: float, limits: tuple[float, float]
+) -> tuple[float, float]:
+    lo, hi = box
+    width = hi - lo
+    new_lo, new_hi = lo, hi
+    if value - lo <= edge * width and lo > limits[0]:
+        new_lo = max(limits[0], lo - width / 2)
+    if hi - value <= edge * width and hi < limits[1]:
+        new_hi = min(limits[1], hi + width / 2)
+    return new_lo, new_hi
+
+
+def grown_space(space: SearchSpace, best: dict[str, float], *, edge: float) -> SearchSpace | None:
+    """The box grown towards ``best`` (params of the validated best), or None if it is inside the box."""
+    boxes = {}
+    for name in ("rho_bottom", "rho_top"):
+        box: tuple[float, float] = getattr(space, name)
+        value = float(best[name])
+        if not math.isfinite(value):
+            return None
+        boxes[name] = _grow_side(value, box, edge, RHO_HARD_LIMITS)
+    if all(boxes[n] == getattr(space, n) for n in boxes):
+        return None
+    return replace(space, rho_bottom=boxes["rho_bottom"], rho_top=boxes["rho_top"])

@@ -1,0 +1,45 @@
+"""Validation on demand: record a study's validation settings and enqueue a round for its current top-K."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from skiptune.errors import SkiptuneError
+from skiptune.search import records as rec
+from skiptune.search.experiment import create_round, load_experiment, pending_candidates
+from skiptune.search.study import StoredStudy
+from skiptune.search.validate import ValidationSettings
+
+
+def search_seeds(study: StoredStudy) -> tuple[int, int]:
+    """(seed base, sample count) of the study's search trials."""
+    args = study.spec.objective_args
+    return int(args.get("seed_base", 0)), int(args["n_samples"])
+
+
+def request_validation(
+    storage: optuna.storages.BaseStorage, study: StoredStudy, wanted: ValidationSettings
+) -> dict[str, Any]:
+    """Write the settings (refusing a change once a round exists), then enqueue the pending candidates."""
+    wanted.check_disjoint(search_seeds(study)[0], search_seeds(study)[1])
+    exp = load_experiment(storage, study)
+    if exp.settings is not None and exp.rounds and exp.settings != wanted:
+        raise SkiptuneError(
+            f"study {study.name!r} was validated with {exp.settings.to_dict()}; held-out results must be "
+            "paired on the same seeds, so these settings are fixed: repeat the command without "
+            "--validate-* options, or create a new study"
+        )
+    if exp.settings is None or not exp.rounds:
+        storage.set_study_user_attr(study.study_id, rec.VALIDATION_ATTR, wanted.to_dict())
+        exp = load_experiment(storage, study)
+    pending = pending_candidates(exp)
+    name = create_round(storage, exp, pending) if pending else None
+    return {
+        "study": study.name,
+        "round": name,
+        "enqueued": pending if name else [],
+        "settings": exp.settings.to_dict() if exp.settings else None,
+        "status": load_experiment(storage, study).status(),
+    }

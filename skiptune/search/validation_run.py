@@ -1,0 +1,66 @@
+"""One validation job, start to end: take an enqueued job, evaluate it on the held-out seeds, record it.
+
+Jobs are ordinary Optuna trials of a validation round (``{main}/validate{r}``), so they share the search
+trials' machinery: a heartbeat while evaluating, a dead worker's job failed and re-enqueued by Optuna's
+retry callback, a stopping worker's job given back. A job is only ever *taken* (never created by
+``ask``), so each one is evaluated once however many workers race for it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from skiptune.errors import EvaluationError
+from skiptune.search import records as rec
+from skiptune.search.experiment import job_distribution
+from skiptune.search.heartbeat import Heartbeat
+from skiptune.search.space import schedule_from_params
+from skiptune.search.stopping import StopSignal, WorkerStopped
+from skiptune.search.trial_run import Objective, TrialOutcome, fail_trial, release_trial
+from skiptune.search.validate import ValidationSettings
+
+_log = logging.getLogger(__name__)
+
+
+def run_validation_job(
+    study: optuna.Study,
+    settings: ValidationSettings,
+    objective: Objective,
+    *,
+    worker_id: str,
+    stop: StopSignal,
+    precision: str = "fp32",
+) -> TrialOutcome | None:
+    """Evaluate one waiting job of the round ``study``; None if another worker took the last one first."""
+    trial = rec.pop_waiting(study)
+    if trial is None:
+        return None
+    storage = rec.study_storage(study)
+    with Heartbeat(storage, rec.trial_id(trial)):
+        params = rec.fixed_params(storage.get_trial(rec.trial_id(trial)))
+        for name, value in params.items():  # recorded as ordinary params (optuna-dashboard shows them)
+            trial.suggest_float(name, job_distribution(float(value)).low, job_distribution(float(value)).high)
+        trial.set_user_attr(rec.PRECISION_ATTR, precision)
+        trial.set_user_attr(rec.WORKER_ATTR, worker_id)
+        try:
+            with stop.interruptible():
+                result = objective.block_distances(
+                    schedule_from_params(params),
+                    seed_base=settings.seed_base,
+                    n_samples=settings.n_samples,
+                    blocks=settings.blocks,
+                )
+        except WorkerStopped:
+            release_trial(study, trial)
+            return TrialOutcome(trial.number, "released")
+        except (EvaluationError, torch.OutOfMemoryError) as exc:
+            fail_trial(study, trial, rec.EVALUATION_FAILED, f"{type(exc).__name__}: {exc}")
+            return TrialOutcome(trial.number, "failed")
+        trial.set_user_attr(rec.HOLDOUT_ATTR, result.to_dict())
+        study.tell(trial, result.value, state=TrialState.COMPLETE)
+        _log.info("validation job %d %s: held-out %.6g", trial.number, params, result.value)
+        return TrialOutcome(trial.number, "validated", result.value)
