@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pytest
 import torch
 
+from skiptune.cli import build_parser
 from skiptune.errors import EvaluationError, SkiptuneError
 from skiptune.sampling import (
     SAMPLERS,
@@ -16,8 +18,12 @@ from skiptune.sampling import (
     EDMSchedule,
     EulerSettings,
     HeunSettings,
+    NFERule,
+    PerSampleGenerator,
+    denoise,
     edm_sigmas,
     generate_images,
+    register_sampler,
     sample_batch,
     to_uint8,
 )
@@ -378,3 +384,55 @@ def test_nan_samples_raise_evaluation_error() -> None:
     net = _NaNForSomeSeeds(base.mu, base.s)
     with pytest.raises(EvaluationError, match=r"\d+ of 16 samples are NaN/inf .* seeds \d+"):
         list(generate_images(net, sampler="heun", nfe=5, seeds=range(16), batch_size=16, device="cpu"))
+
+
+# ---------------------------------------------------------------------------- registering a sampler
+
+
+@dataclass(frozen=True)
+class _RK2Settings:
+    alpha: float = 0.5  # where the second evaluation sits along the step: 1/2 midpoint, 2/3 Ralston
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _rk2(denoiser, x, sigmas, *, class_labels, noise, settings: _RK2Settings):
+    """Explicit 2-stage Runge-Kutta on the probability-flow ODE (Ralston 1962), every step to sigma = 0."""
+    a = settings.alpha
+    for t, t_next in itertools.pairwise(sigmas.tolist()):
+        d1 = (x - denoise(denoiser, x, t, class_labels)) / t
+        x_a, t_a = x + a * (t_next - t) * d1, t + a * (t_next - t)
+        d2 = (x_a - denoise(denoiser, x_a, t_a, class_labels)) / t_a
+        x = x + (t_next - t) * ((1 - 1 / (2 * a)) * d1 + 1 / (2 * a) * d2)
+    return x
+
+
+@pytest.fixture
+def rk2_registered(monkeypatch: pytest.MonkeyPatch) -> str:
+    """``rk2`` registered in one place, as a new sampler would be, and gone again after the test."""
+    monkeypatch.setattr(SAMPLERS, "_items", dict(SAMPLERS._items))
+    register_sampler("rk2", settings=_RK2Settings, nfe=NFERule(2))(_rk2)
+    return "rk2"
+
+
+def test_sampler_registered_in_one_place_runs_end_to_end(rk2_registered: str) -> None:
+    net, seeds, nfe = _gauss(), list(range(20, 32)), 64
+    images = {a: _images(net, seeds, 5, sampler=rk2_registered, nfe=nfe, settings=_RK2Settings(a))
+              for a in (0.5, 2 / 3)}  # fmt: skip
+    assert net.calls == 2 * 3 * nfe  # the NFE rule: 32 steps of 2 evaluations, per batch of 5, 5, 2
+    assert not torch.equal(images[0.5], images[2 / 3])  # the settings reach the sampler
+    # oracle: the exact probability-flow ODE from the same initial noise to sigma = 0
+    t0 = edm_sigmas(net, nfe // 2, device="cpu")[0].item()
+    x_t = PerSampleGenerator(seeds).randn([1, RES, RES]).double() * t0
+    exact = to_uint8(net.mu + (x_t - net.mu) * net.s / math.sqrt(net.s**2 + t0**2))
+    for out in images.values():
+        assert (out.int() - exact.int()).abs().max().item() <= 1
+    spec = SAMPLERS.get(rk2_registered)
+    assert spec.settings_from_dict({"alpha": 0.75}) == _RK2Settings(0.75)
+    with pytest.raises(SkiptuneError, match=r"NFE=7 .* 6 or 8$"):
+        spec.steps_for_nfe(7)
+    with pytest.raises(SkiptuneError, match="takes _RK2Settings, got HeunSettings"):
+        sample_batch(net, sampler=rk2_registered, nfe=4, seeds=[0], device="cpu", settings=HeunSettings())
+    argv = ["sample", "--model", "m", "--nfe", "8", "--sampler", rk2_registered, "--out", "x.png"]
+    assert build_parser().parse_args(argv).sampler == rk2_registered  # CLI choices come from the registry

@@ -22,12 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from skiptune.cli.common import add_json
     from skiptune.cli.stats_cmd import add_extractor_weights
     from skiptune.objectives.features import extractor_choices
+    from skiptune.sampling import SAMPLERS
 
     parser.add_argument(
         "--model", required=True, metavar="M", help="registered model name or checkpoint path"
     )
     parser.add_argument("--nfe", type=int, required=True, help="network evaluations per sample")
-    parser.add_argument("--sampler", default="heun", help="sampler name (default: %(default)s)")
+    parser.add_argument(
+        "--sampler", default="heun", choices=SAMPLERS.names(), help="sampler (default: %(default)s)"
+    )
     parser.add_argument(
         "--rho",
         nargs=2,

@@ -17,6 +17,7 @@ from skiptune.cli.common import (
     validation_settings,
 )
 from skiptune.errors import SkiptuneError
+from skiptune.sampling import SAMPLERS
 from skiptune.search.algorithms import SEARCH_ALGORITHMS
 from skiptune.search.space import DEFAULT_RHO_RANGE, SearchSpace
 from skiptune.storage import open_storage
@@ -54,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     create.add_argument("--model", required=True, help="registered model name or checkpoint path")
-    create.add_argument("--sampler", default="heun", help="sampler name (default: %(default)s)")
+    create.add_argument(
+        "--sampler", default="heun", choices=SAMPLERS.names(), help="sampler (default: %(default)s)"
+    )
     create.add_argument("--nfe", required=True, help="NFE list, e.g. 5,9,19")
     create.add_argument("--extractor", required=True, help="feature extractor name (or torchscript:PATH)")
     create.add_argument("--reference", required=True, metavar="PATH", help="reference statistics file")

@@ -37,6 +37,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from skiptune.sampling import SAMPLERS
+
     sub = parser.add_subparsers(dest="what", metavar="WHAT", required=True)
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
@@ -90,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--reference", default=None, metavar="PATH", help="training reference stats (default: bundled)"
     )
     e.add_argument("--classifier", default=None, metavar="PATH", help="classifier weights (default: bundled)")
-    e.add_argument("--sampler", default="heun")
+    e.add_argument("--sampler", default="heun", choices=SAMPLERS.names())
     e.add_argument("--nfe", type=int, default=35)
     e.add_argument("--samples", type=int, default=10_000)
     e.add_argument("--batch-size", type=int, default=500)

@@ -7,6 +7,7 @@ import logging
 
 from skiptune.cli.common import add_storage, parse_int_list, storage_url
 from skiptune.errors import SkiptuneError
+from skiptune.sampling import SAMPLERS
 
 HELP = "run a worker (one process per GPU with --devices) on a model's studies"
 DESCRIPTION = """Loads the model once, then repeatedly picks the study with the least used budget,
@@ -24,7 +25,9 @@ examples:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="registered model name or checkpoint path")
-    parser.add_argument("--sampler", default=None, help="only studies of this sampler (default: all)")
+    parser.add_argument(
+        "--sampler", default=None, choices=SAMPLERS.names(), help="only this sampler's studies (default: all)"
+    )
     parser.add_argument("--nfe", default=None, help="only these NFEs, e.g. 5,9 (default: all)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")

@@ -10,6 +10,7 @@ error). Seeds, not batches, define the blocks, so batch size and device never ch
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,17 +69,17 @@ def _without(total: FeatureStats, block: FeatureStats) -> FeatureStats:
     return rest
 
 
-def block_distances(
-    objective: FDObjective, schedule: SkipSchedule, *, seed_base: int, n_samples: int, blocks: int
-) -> BlockDistances:
-    """Distances of seeds ``seed_base ..`` ``seed_base + n_samples - 1`` under ``schedule``, in ``blocks``."""
+def block_stats(
+    objective: FDObjective, schedule: SkipSchedule, *, seed_base: int, bounds: list[tuple[int, int]]
+) -> list[FeatureStats]:
+    """Feature statistics of seeds ``seed_base + start .. seed_base + stop - 1`` per ``(start, stop)``."""
     if seed_base < 0:
         raise SkiptuneError(f"bad held-out seed base {seed_base}: expected a non-negative integer")
     device = getattr(objective.extractor, "device", objective.device)
     side = torch.cuda.Stream(objective.device) if objective.device.type == "cuda" else None
     per_block = []
     with skip_tuning(objective.denoiser, schedule):
-        for start, stop in block_bounds(n_samples, blocks):
+        for start, stop in bounds:
             stats = FeatureStats(objective.extractor.feature_dim, device=device)
             for batch in generate_images(
                 objective.denoiser,
@@ -93,12 +94,27 @@ def block_distances(
             per_block.append(stats)
     if side is not None:
         side.synchronize()
-    total = FeatureStats(objective.extractor.feature_dim, device=device)
+    return per_block
+
+
+def from_block_stats(
+    per_block: list[FeatureStats], distance: Callable[[FeatureStats], float], *, seed_base: int
+) -> BlockDistances:
+    """The full and leave-one-block-out distances of blocks' statistics."""
+    total = FeatureStats(per_block[0].feature_dim, device=per_block[0].sum.device)
     for stats in per_block:
         total.merge(stats)
     return BlockDistances(
-        value=objective._distance(total),
-        leave_one_out=tuple(objective._distance(_without(total, b)) for b in per_block),
-        n_samples=n_samples,
+        value=distance(total),
+        leave_one_out=tuple(distance(_without(total, b)) for b in per_block),
+        n_samples=total.count,
         seed_base=seed_base,
     )
+
+
+def block_distances(
+    objective: FDObjective, schedule: SkipSchedule, *, seed_base: int, n_samples: int, blocks: int
+) -> BlockDistances:
+    """Distances of seeds ``seed_base ..`` ``seed_base + n_samples - 1`` under ``schedule``, in ``blocks``."""
+    per_block = block_stats(objective, schedule, seed_base=seed_base, bounds=block_bounds(n_samples, blocks))
+    return from_block_stats(per_block, objective._distance, seed_base=seed_base)

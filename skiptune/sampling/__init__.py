@@ -1,5 +1,8 @@
 """Sampling: denoiser contract, EDM sigma schedule, samplers by name, per-sample seeded noise, uint8.
 
+A sampler is one function in :mod:`skiptune.sampling.samplers`, registered there with its settings
+and NFE rule by ``@register_sampler`` (see :mod:`skiptune.sampling.registry`).
+
     sigmas = edm_sigmas(net, steps, device=dev)            # float64 [steps + 1], cached
     x0 = SAMPLERS.get("heun").fn(net, x, sigmas)           # one signature for every sampler
     for batch in generate_images(net, sampler="heun", nfe=35, seeds=range(1000),
@@ -12,19 +15,23 @@ workers and devices): see :mod:`skiptune.sampling.noise`.
 
 from __future__ import annotations
 
-from skiptune.sampling.contract import Denoiser, DenoiserLike, as_denoiser, denoise, round_sigma
-from skiptune.sampling.generate import generate_images, sample_batch, to_uint8
-from skiptune.sampling.noise import PerSampleGenerator
-from skiptune.sampling.registry import SAMPLERS, SamplerSpec
-from skiptune.sampling.samplers import NoiseFn, SamplerFn, dpmpp_2m, euler, heun
-from skiptune.sampling.schedule import EDMSchedule, edm_sigmas
-from skiptune.sampling.settings import (
-    ChurnSettings,
-    DPMSolverSettings,
-    EulerSettings,
-    HeunSettings,
-    SamplerSettings,
+from skiptune.sampling.contract import (
+    Denoiser,
+    DenoiserLike,
+    NoiseFn,
+    SamplerBody,
+    SamplerFn,
+    as_denoiser,
+    denoise,
+    round_sigma,
 )
+from skiptune.sampling.generate import generate_images, sample_batch, to_uint8
+from skiptune.sampling.nfe import NFERule
+from skiptune.sampling.noise import PerSampleGenerator
+from skiptune.sampling.registry import SAMPLERS, SamplerSpec, register_sampler
+from skiptune.sampling.samplers import DPMSolverSettings, EulerSettings, HeunSettings, dpmpp_2m, euler, heun
+from skiptune.sampling.schedule import EDMSchedule, edm_sigmas
+from skiptune.sampling.settings import ChurnSettings, NoSettings, SamplerSettings
 
 __all__ = [
     "SAMPLERS",
@@ -35,8 +42,11 @@ __all__ = [
     "EDMSchedule",
     "EulerSettings",
     "HeunSettings",
+    "NFERule",
+    "NoSettings",
     "NoiseFn",
     "PerSampleGenerator",
+    "SamplerBody",
     "SamplerFn",
     "SamplerSettings",
     "SamplerSpec",
@@ -47,6 +57,7 @@ __all__ = [
     "euler",
     "generate_images",
     "heun",
+    "register_sampler",
     "round_sigma",
     "sample_batch",
     "to_uint8",

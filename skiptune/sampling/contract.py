@@ -1,8 +1,10 @@
-"""The denoiser contract every sampler relies on (EDM's ``D(x; sigma)``), and one checked call site."""
+"""The two contracts of sampling: the denoiser every sampler calls (EDM's ``D(x; sigma)``, with one
+checked call site) and the one signature every sampler has (k-diffusion's ``(model, x, sigmas, ...)``)."""
 
 from __future__ import annotations
 
-from typing import Protocol, cast, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import torch
 
@@ -67,3 +69,42 @@ def denoise(
             "expected D(x, sigma, class_labels) to return an image batch shaped like x"
         )
     return out.to(torch.float64)
+
+
+NoiseFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class SamplerFn(Protocol):
+    """``fn(denoiser, x, sigmas, *, class_labels=None, noise=None, settings=None) -> x0``, every sampler.
+
+    ``x`` is the starting sample already at noise level ``sigmas[0]``, ``sigmas`` the float64 levels
+    ending in 0 (see :mod:`skiptune.sampling.schedule`), ``noise(x)`` returns standard normal noise
+    shaped like ``x`` (only stochastic samplers call it; default ``torch.randn_like``), ``settings``
+    the sampler's registered settings type or ``None`` for its defaults. The result is float64.
+    """
+
+    def __call__(
+        self,
+        denoiser: DenoiserLike,
+        x: torch.Tensor,
+        sigmas: torch.Tensor,
+        *,
+        class_labels: torch.Tensor | None = None,
+        noise: NoiseFn | None = None,
+        settings: object | None = None,
+    ) -> torch.Tensor: ...
+
+
+class SamplerBody(Protocol):
+    """What ``@register_sampler`` decorates: the same arguments, ``settings`` already checked (never None)."""
+
+    def __call__(
+        self,
+        denoiser: DenoiserLike,
+        x: torch.Tensor,
+        sigmas: torch.Tensor,
+        *,
+        class_labels: torch.Tensor | None,
+        noise: NoiseFn | None,
+        settings: Any,
+    ) -> torch.Tensor: ...

@@ -1,63 +1,66 @@
-"""Samplers by name: each registered with its function, settings type and NFE <-> steps mapping."""
+"""Samplers by name: ``@register_sampler`` records a sampler with its settings type and NFE rule.
+
+A new sampler is one function in :mod:`skiptune.sampling.samplers` (its settings dataclass, if it has
+free settings, right above it)::
+
+    @register_sampler("heun", settings=HeunSettings, nfe=NFERule(2, saved=1))
+    def heun(denoiser, x, sigmas, *, class_labels, noise, settings: HeunSettings) -> torch.Tensor:
+        ...  # a one-line docstring naming the algorithm and paper, then the steps
+
+and every user of :data:`SAMPLERS` (``generate_images``, the objective, the CLI's ``--sampler``
+choices) sees it by name.
+"""
 
 from __future__ import annotations
 
-import operator
-from dataclasses import dataclass, fields
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
+
+import torch
 
 from skiptune.errors import SkiptuneError
 from skiptune.registry import Registry
-from skiptune.sampling.samplers import SamplerFn, check_settings, dpmpp_2m, euler, heun
-from skiptune.sampling.settings import DPMSolverSettings, EulerSettings, HeunSettings
+from skiptune.sampling.contract import DenoiserLike, NoiseFn, SamplerBody, SamplerFn
+from skiptune.sampling.nfe import NFERule
+from skiptune.sampling.settings import NoSettings
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """``nfe = nfe_per_step * steps - nfe_saved`` for ``steps >= 1`` network evaluations.
-
-    Heun: 2 per step, the last step (to sigma = 0) is Euler, so ``2 * steps - 1``; Euler and
-    DPM-Solver++(2M): one per step.
-    """
+    """A registered sampler: its public function, settings type and NFE rule."""
 
     name: str
     fn: SamplerFn
     settings_type: type
-    nfe_per_step: int
-    nfe_saved: int = 0
+    nfe: NFERule
 
     @property
     def min_nfe(self) -> int:
-        return self.nfe_for_steps(1)
+        return self.nfe.min_nfe
 
     def nfe_for_steps(self, steps: int) -> int:
-        return self.nfe_per_step * steps - self.nfe_saved
+        return self.nfe.nfe_for_steps(steps)
 
     def steps_for_nfe(self, nfe: int) -> int:
         """Steps that spend exactly ``nfe`` evaluations; an error names the nearest valid NFEs."""
-        try:
-            nfe = operator.index(nfe)
-        except TypeError:
-            raise SkiptuneError(f"NFE {nfe!r} for sampler {self.name!r} must be an integer") from None
-        steps, rest = divmod(nfe + self.nfe_saved, self.nfe_per_step)
-        if rest == 0 and steps >= 1:
-            return steps
-        near = sorted({max(self.nfe_for_steps(k), self.min_nfe) for k in (steps, steps + 1)})
-        raise SkiptuneError(
-            f"sampler {self.name!r} cannot spend NFE={nfe} (it spends {self._formula()}, steps >= 1); "
-            f"nearest valid NFE: {' or '.join(map(str, near))}"
-        )
-
-    def _formula(self) -> str:
-        base = "steps" if self.nfe_per_step == 1 else f"{self.nfe_per_step}*steps"
-        return base + (f" - {self.nfe_saved}" if self.nfe_saved else "")
+        return self.nfe.steps_for_nfe(nfe, sampler=self.name)
 
     def default_settings(self) -> Any:
         return self.settings_type()
 
     def check_settings(self, settings: object | None) -> Any:
         """``settings`` if it suits this sampler, defaults for ``None``, else a :class:`SkiptuneError`."""
-        return check_settings(settings, self.settings_type, self.name)
+        if settings is None:
+            return self.settings_type()
+        if not isinstance(settings, self.settings_type):
+            kind = self.settings_type.__name__
+            raise SkiptuneError(
+                f"sampler {self.name!r} takes {kind}, got {type(settings).__name__}; "
+                f"pass {kind}(...) or None for the defaults"
+            )
+        return settings
 
     def settings_from_dict(self, values: dict[str, Any]) -> Any:
         """Rebuild recorded settings (``to_dict()`` output); unknown keys are an error naming known ones."""
@@ -72,6 +75,36 @@ class SamplerSpec:
 
 
 SAMPLERS: Registry[SamplerSpec] = Registry("sampler")
-SAMPLERS.register("heun", SamplerSpec("heun", heun, HeunSettings, nfe_per_step=2, nfe_saved=1))
-SAMPLERS.register("euler", SamplerSpec("euler", euler, EulerSettings, nfe_per_step=1))
-SAMPLERS.register("dpmpp_2m", SamplerSpec("dpmpp_2m", dpmpp_2m, DPMSolverSettings, nfe_per_step=1))
+
+
+def register_sampler(
+    name: str, *, nfe: NFERule, settings: type = NoSettings
+) -> Callable[[SamplerBody], SamplerFn]:
+    """Register the decorated sampler body as ``name``; returns the public :class:`SamplerFn`.
+
+    The public function checks ``settings`` (``None``: the defaults; another type: a
+    :class:`SkiptuneError`) and calls the body with them, so a body never checks its own settings.
+    """
+    if not (isinstance(settings, type) and is_dataclass(settings) and hasattr(settings, "to_dict")):
+        raise TypeError(f"sampler {name!r}: settings must be a dataclass with to_dict(), got {settings!r}")
+    settings_type = settings  # the public function's own ``settings`` argument shadows the name below
+
+    def wrap(body: SamplerBody) -> SamplerFn:
+        @functools.wraps(body)
+        def sampler(
+            denoiser: DenoiserLike,
+            x: torch.Tensor,
+            sigmas: torch.Tensor,
+            *,
+            class_labels: torch.Tensor | None = None,
+            noise: NoiseFn | None = None,
+            settings: object | None = None,
+        ) -> torch.Tensor:
+            checked = spec.check_settings(settings)
+            return body(denoiser, x, sigmas, class_labels=class_labels, noise=noise, settings=checked)
+
+        spec = SamplerSpec(name, sampler, settings_type, nfe)
+        SAMPLERS.register(name, spec)
+        return sampler
+
+    return wrap

@@ -1,51 +1,22 @@
-"""Samplers sharing one signature (k-diffusion style), registered by name with their NFE mapping.
+"""Every sampler, one function each, registered by name with its settings and NFE rule (k-diffusion style).
 
-``fn(denoiser, x, sigmas, *, class_labels=None, noise=None, settings=None) -> x0``: ``x`` is the
-starting sample already at noise level ``sigmas[0]``, ``sigmas`` the float64 levels ending in 0 (see
-:mod:`skiptune.sampling.schedule`), ``noise(x)`` returns standard normal noise shaped like ``x`` (only
-stochastic samplers call it; default ``torch.randn_like``). The state is stepped in float64, as in
-EDM's ``generate.py``; the result is float64.
+Each has the signature of :class:`~skiptune.sampling.contract.SamplerFn`; ``@register_sampler`` adds
+the settings check, so a body receives its own settings type. The state is stepped in float64, as in
+EDM's ``generate.py``; the result is float64. A new sampler is one more function here (and its settings
+dataclass above it, when it has free settings).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Protocol, TypeVar
+from dataclasses import dataclass
 
 import torch
 
-from skiptune.errors import SkiptuneError
-from skiptune.sampling.contract import DenoiserLike, denoise, round_sigma
-from skiptune.sampling.settings import ChurnSettings, DPMSolverSettings, EulerSettings, HeunSettings
-
-NoiseFn = Callable[[torch.Tensor], torch.Tensor]
-S = TypeVar("S")
-
-
-class SamplerFn(Protocol):
-    def __call__(
-        self,
-        denoiser: DenoiserLike,
-        x: torch.Tensor,
-        sigmas: torch.Tensor,
-        *,
-        class_labels: torch.Tensor | None = None,
-        noise: NoiseFn | None = None,
-        settings: object | None = None,
-    ) -> torch.Tensor: ...
-
-
-def check_settings(settings: object | None, kind: type[S], sampler: str) -> S:
-    """``settings`` when it is a ``kind``, the defaults for ``None``; anything else is a user error."""
-    if settings is None:
-        return kind()
-    if not isinstance(settings, kind):
-        raise SkiptuneError(
-            f"sampler {sampler!r} takes {kind.__name__}, got {type(settings).__name__}; "
-            f"pass {kind.__name__}(...) or None for the defaults"
-        )
-    return settings
+from skiptune.sampling.contract import DenoiserLike, NoiseFn, denoise, round_sigma
+from skiptune.sampling.nfe import NFERule
+from skiptune.sampling.registry import register_sampler
+from skiptune.sampling.settings import ChurnSettings, NoSettings
 
 
 def _churn(
@@ -87,45 +58,61 @@ def _edm_solver(
     return x
 
 
+@dataclass(frozen=True)
+class HeunSettings(ChurnSettings):
+    """Settings of EDM's Heun sampler."""
+
+
+# 2 evaluations per step, but the last step (to sigma = 0) is Euler, as in EDM
+@register_sampler("heun", settings=HeunSettings, nfe=NFERule(2, saved=1))
 def heun(
     denoiser: DenoiserLike,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    class_labels: torch.Tensor | None = None,
-    noise: NoiseFn | None = None,
-    settings: object | None = None,
+    class_labels: torch.Tensor | None,
+    noise: NoiseFn | None,
+    settings: HeunSettings,
 ) -> torch.Tensor:
     """EDM's Heun 2nd-order sampler with optional stochastic churn (Karras et al. 2022, Algorithm 2)."""
-    s = check_settings(settings, HeunSettings, "heun")
-    return _edm_solver(denoiser, x, sigmas, class_labels, noise, s, second_order=True)
+    return _edm_solver(denoiser, x, sigmas, class_labels, noise, settings, second_order=True)
 
 
+@dataclass(frozen=True)
+class EulerSettings(ChurnSettings):
+    """Settings of the Euler sampler (EDM's ablation sampler with ``solver='euler'``)."""
+
+
+@register_sampler("euler", settings=EulerSettings, nfe=NFERule(1))
 def euler(
     denoiser: DenoiserLike,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    class_labels: torch.Tensor | None = None,
-    noise: NoiseFn | None = None,
-    settings: object | None = None,
+    class_labels: torch.Tensor | None,
+    noise: NoiseFn | None,
+    settings: EulerSettings,
 ) -> torch.Tensor:
     """Euler method on the probability-flow ODE, optional churn (Karras et al. 2022, eq. 4 / Alg. 2)."""
-    s = check_settings(settings, EulerSettings, "euler")
-    return _edm_solver(denoiser, x, sigmas, class_labels, noise, s, second_order=False)
+    return _edm_solver(denoiser, x, sigmas, class_labels, noise, settings, second_order=False)
 
 
+@dataclass(frozen=True)
+class DPMSolverSettings(NoSettings):
+    """DPM-Solver++(2M) has no free settings."""
+
+
+@register_sampler("dpmpp_2m", settings=DPMSolverSettings, nfe=NFERule(1))
 def dpmpp_2m(
     denoiser: DenoiserLike,
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
-    class_labels: torch.Tensor | None = None,
-    noise: NoiseFn | None = None,
-    settings: object | None = None,
+    class_labels: torch.Tensor | None,
+    noise: NoiseFn | None,
+    settings: DPMSolverSettings,
 ) -> torch.Tensor:
     """DPM-Solver++(2M), multistep data prediction (Lu et al. 2022, arXiv:2211.01095), EDM sigmas."""
-    check_settings(settings, DPMSolverSettings, "dpmpp_2m")
     levels = sigmas.tolist()
     x = x.to(torch.float64)
     prev: torch.Tensor | None = None

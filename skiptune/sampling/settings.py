@@ -1,4 +1,7 @@
-"""Per-sampler settings: frozen dataclasses a study records with ``to_dict()``."""
+"""Settings shared by samplers: frozen dataclasses a study records with ``to_dict()``.
+
+A sampler's own settings type sits next to it in :mod:`skiptune.sampling.samplers`.
+"""
 
 from __future__ import annotations
 
@@ -44,18 +47,8 @@ class ChurnSettings:
 
 
 @dataclass(frozen=True)
-class HeunSettings(ChurnSettings):
-    """Settings of EDM's Heun sampler."""
-
-
-@dataclass(frozen=True)
-class EulerSettings(ChurnSettings):
-    """Settings of the Euler sampler (EDM's ablation sampler with ``solver='euler'``)."""
-
-
-@dataclass(frozen=True)
-class DPMSolverSettings:
-    """DPM-Solver++(2M) has no free settings; the class exists so every sampler records the same way."""
+class NoSettings:
+    """The settings of a sampler without free settings, so every sampler records the same way."""
 
     def to_dict(self) -> dict[str, Any]:
         return {}
