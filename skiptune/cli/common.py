@@ -109,6 +109,14 @@ def add_validation_options(parser: argparse.ArgumentParser) -> None:
         "together; 0: fixed box (default: a third of --trials)",
     )
     group.add_argument(
+        "--growth-edge",
+        type=float,
+        default=0.05,
+        metavar="F",
+        help="the box grows on a side when the validated best lies within F x its width of it "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
         "--no-validate", action="store_true", help="no validation: the answer stays the search best"
     )
 
@@ -126,4 +134,5 @@ def validation_settings(args: argparse.Namespace, *, n_trials: int) -> Any:  # -
         blocks=args.validate_blocks,
         threshold=args.gain_threshold,
         growth_budget=args.growth_trials,
+        edge=args.growth_edge,
     )

@@ -1,0 +1,336 @@
+"""Held-out validation: the statistics, the decision rule, and the stage run by real workers.
+
+Unit level: the jackknife standard error against its formula, the decision on constructed results
+(significant, not significant, ties), blocks of seeds. Service level (tiny model, CPU workers): a study is
+searched, then validated on held-out seeds by the workers themselves; a box grows when the validated best
+presses against its side; an old study without validation says `unvalidated` until `skiptune validate`;
+validation jobs run exactly once across 8 worker processes on PostgreSQL, one of them SIGKILLed mid-job.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import pytest
+from optuna.trial import FrozenTrial, TrialState
+
+from skiptune.cli import main as cli
+from skiptune.errors import SkiptuneError
+from skiptune.objectives.holdout import BlockDistances, block_bounds
+from skiptune.search import records as rec
+from skiptune.search.experiment import load_experiment
+from skiptune.search.query import best_coefficients, summary_rows
+from skiptune.search.space import BASELINE_PARAMS
+from skiptune.search.study import find_studies
+from skiptune.search.validate import NO_GAIN, VALIDATED, ValidationSettings, compare, decide
+from skiptune.search.worker import run_worker
+from skiptune.storage import normalize_url, open_storage
+
+if TYPE_CHECKING:
+    from storage_fixtures import SearchAssets
+
+pytest_plugins = ["storage_fixtures"]
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+
+def _result(value: float, loo: list[float], *, n: int = 100, seed_base: int = 7) -> BlockDistances:
+    return BlockDistances(value=value, leave_one_out=tuple(loo), n_samples=n, seed_base=seed_base)
+
+
+BASE = _result(10.0, [10.2, 9.8, 10.1, 9.9])
+
+
+def test_jackknife_standard_error_follows_its_formula() -> None:
+    cand = _result(9.0, [9.3, 8.7, 9.0, 9.0])
+    c = compare({"rho_bottom": 0.8, "rho_top": 0.9}, cand, BASE)
+    diffs = [b - x for b, x in zip(BASE.leave_one_out, cand.leave_one_out)]  # 0.9, 1.1, 1.1, 0.9
+    mean = sum(diffs) / 4
+    assert c.gain == pytest.approx(1.0)
+    assert c.gain_se == pytest.approx(math.sqrt(3 / 4 * sum((d - mean) ** 2 for d in diffs)))
+    assert c.relative_gain == pytest.approx(0.1) and c.z == pytest.approx(1.0 / c.gain_se)
+    with pytest.raises(SkiptuneError, match="different seeds"):
+        compare({}, _result(9.0, [9.0] * 4, seed_base=8), BASE)
+
+
+def test_decision_significant_not_significant_and_ties() -> None:
+    good = ({"rho_bottom": 0.7, "rho_top": 0.9}, _result(9.0, [9.2, 8.8, 9.1, 8.9]))  # gain 1, se 0
+    noisy = ({"rho_bottom": 0.6, "rho_top": 0.8}, _result(9.5, [8.0, 11.0, 8.5, 10.5]))
+    d = decide(BASELINE_PARAMS, BASE, [noisy, good], threshold=2.0)
+    assert (d.status, d.params) == (VALIDATED, good[0]) and d.best.params == good[0]
+    # the best held-out value is not significant: the answer is (1, 1), the candidate still reported
+    d = decide(BASELINE_PARAMS, BASE, [noisy], threshold=2.0)
+    assert (d.status, d.params, d.best.params) == (NO_GAIN, BASELINE_PARAMS, noisy[0])
+    # worse than the baseline: never recommended, whatever the threshold
+    worse = ({"rho_bottom": 1.1, "rho_top": 1.1}, _result(10.5, [10.7, 10.3, 10.6, 10.4]))
+    assert decide(BASELINE_PARAMS, BASE, [worse], threshold=1e-9).status == NO_GAIN
+    # ties on the held-out value: the larger z, then the pair nearer (1, 1)
+    twin = ({"rho_bottom": 0.5, "rho_top": 0.5}, good[1])
+    near = ({"rho_bottom": 0.95, "rho_top": 0.95}, good[1])
+    assert decide(BASELINE_PARAMS, BASE, [twin, near], threshold=2.0).params == near[0]
+    sharper = ({"rho_bottom": 0.5, "rho_top": 0.5}, _result(9.0, [9.2, 8.8, 9.2, 8.8]))
+    assert decide(BASELINE_PARAMS, BASE, [noisy, sharper], threshold=2.0).params == sharper[0]
+    with pytest.raises(SkiptuneError, match="no validated candidate"):
+        decide(BASELINE_PARAMS, BASE, [], threshold=2.0)
+
+
+def test_blocks_and_settings_are_checked() -> None:
+    assert block_bounds(10, 3) == [(0, 3), (3, 7), (7, 10)]
+    with pytest.raises(SkiptuneError, match="at least 2 blocks"):
+        block_bounds(5, 3)
+    s = ValidationSettings.default_for(search_samples=100, search_seed_base=0, n_trials=30)
+    assert (s.n_samples, s.seed_base, s.growth_budget, s.top_k) == (200, 1_000_000_000, 10, 3)
+    with pytest.raises(SkiptuneError, match="overlap the search's seeds"):
+        ValidationSettings(n_samples=100, seed_base=50).check_disjoint(0, 100)
+    with pytest.raises(SkiptuneError, match="top-k 0"):
+        ValidationSettings(n_samples=100, seed_base=500, top_k=0)
+
+
+def test_block_distances_equal_direct_computation(search_assets: SearchAssets) -> None:
+    from skiptune.nets.checkpoints import load_checkpoint
+    from skiptune.objectives.features import create_extractor
+    from skiptune.objectives.fid import FDObjective
+    from skiptune.objectives.frechet import FeatureStats
+    from skiptune.objectives.reference import load_reference
+    from skiptune.sampling import generate_images
+    from skiptune.skips import SkipSchedule, skip_tuning
+
+    net = load_checkpoint(search_assets.model)
+    ext = create_extractor(f"torchscript:{search_assets.extractor}")
+    reference = load_reference(search_assets.reference)
+    obj = FDObjective(
+        denoiser=net, sampler="euler", nfe=2, extractor=ext, reference=reference, n_samples=12, batch_size=5
+    )
+    schedule = SkipSchedule(0.7, 0.9)
+    got = obj.block_distances(schedule, seed_base=1000, n_samples=12, blocks=3)
+
+    def direct(seeds: list[int]) -> float:
+        stats = FeatureStats(ext.feature_dim)
+        with skip_tuning(net, schedule):
+            for batch in generate_images(
+                net, sampler="euler", nfe=2, seeds=seeds, batch_size=7, device="cpu"
+            ):
+                stats.update(ext(batch))
+        return obj._distance(stats)
+
+    seeds = list(range(1000, 1012))
+    assert got.value == pytest.approx(direct(seeds), rel=1e-9)
+    for b, (lo, hi) in enumerate(block_bounds(12, 3)):
+        # total minus block b in float64; 8 samples of 6 features make sqrtm sensitive: 1e-6 relative
+        assert got.leave_one_out[b] == pytest.approx(direct(seeds[:lo] + seeds[hi:]), rel=1e-6)
+
+
+# ------------------------------------------------------------------------------- the stage, for real
+
+
+def _create(assets: SearchAssets, url: str, *extra: str, trials: int = 4, nfes: str = "2") -> None:
+    args = assets.study_args(nfes=nfes, trials=trials, storage=url)
+    assert (
+        cli([*args, "--validate-samples", "24", "--validate-blocks", "4", "--validate-top-k", "2", *extra])
+        == 0
+    )
+
+
+def _the_experiment(url: str):  # -> Experiment
+    storage = open_storage(url)
+    (study,) = find_studies(storage)
+    return load_experiment(storage, study)
+
+
+def test_workers_search_then_validate(search_assets: SearchAssets, tmp_path: Path, capsys: Any) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    _create(search_assets, url, "--growth-trials", "0")
+    summary = run_worker(
+        url, model=str(search_assets.model), device="cpu", batch_size=8, heartbeat=1, grace=3
+    )
+    assert summary.count("complete") == 4 and summary.count("validated") == 3
+    exp = _the_experiment(url)
+    (round0,) = exp.rounds
+    jobs = [t for t in round0.trials if t.state == TrialState.COMPLETE]
+    assert len(jobs) == len(round0.trials) == 3  # the baseline + top 2, each exactly once
+    assert {t.user_attrs[rec.ROLE_ATTR] for t in jobs} == {rec.BASELINE, rec.CANDIDATE}
+    holdout = [t.user_attrs[rec.HOLDOUT_ATTR] for t in jobs]
+    assert all(h["n_samples"] == 24 and len(h["leave_one_out"]) == 4 for h in holdout)
+    assert {h["seed_base"] for h in holdout} == {1_000_000_000}
+    best = best_coefficients(url, "tiny", 2, sampler="euler")
+    assert best.status in (VALIDATED, NO_GAIN) and best.validated
+    assert best.holdout_samples == 24 and best.gain is not None and best.gain_se is not None
+    if best.status == NO_GAIN:
+        assert (best.rho_bottom, best.rho_top) == (1.0, 1.0)
+    else:
+        assert best.gain > 2 * best.gain_se and best.holdout_value < best.holdout_baseline  # type: ignore[operator]
+    (row,) = summary_rows(url)
+    assert row["status"] == best.status and row["improvement_source"] == "held-out"
+    query = ["--model", "tiny", "--nfe", "2", "--sampler", "euler", "--storage", url]
+    capsys.readouterr()
+    assert (
+        cli(["best", "--model", "tiny", "--nfe", "2", "--sampler", "euler", "--storage", url, "--json"]) == 0
+    )
+    shown = json.loads(capsys.readouterr().out)
+    for key in ("status", "validated", "gain", "gain_se", "holdout_samples", "holdout_value", "search_best"):
+        assert key in shown
+    assert cli(["best", *query]) == 0
+    assert f"status         {best.status}" in capsys.readouterr().out
+
+
+class _Bowl:
+    """A known landscape with its minimum at (0.05, 0.05), outside the default box: noise-free values,
+    held-out blocks with a small spread so the standard error is finite."""
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+
+    @staticmethod
+    def _value(schedule: Any) -> float:
+        return 1.0 + (schedule.rho_bottom - 0.05) ** 2 + (schedule.rho_top - 0.05) ** 2
+
+    def identity(self) -> dict[str, Any]:
+        return self.spec.objective
+
+    def evaluate(self, schedule: Any) -> Iterator[tuple[int, float]]:
+        yield 8, self._value(schedule) + 0.01
+        yield 16, self._value(schedule)
+
+    def block_distances(
+        self, schedule: Any, *, seed_base: int, n_samples: int, blocks: int
+    ) -> BlockDistances:
+        v = self._value(schedule)
+        return BlockDistances(v, tuple(v + 0.001 * (b % 2) for b in range(blocks)), n_samples, seed_base)
+
+
+def test_box_grows_towards_an_edge_optimum(search_assets: SearchAssets, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    _create(search_assets, url, "--growth-trials", "6", "--growth-edge", "0.3", trials=8)
+    summary = run_worker(
+        url, model=str(search_assets.model), device="cpu", heartbeat=1, grace=3,
+        objective_factory=lambda net, spec, **_: _Bowl(spec),
+    )  # fmt: skip
+    exp = _the_experiment(url)
+    assert [p.index for p in exp.phases][:2] == [0, 1]
+    grown = exp.phases[1]
+    assert grown.space.rho_bottom == (0.0, 1.2) and grown.space.rho_top == (0.0, 1.2)  # 0.2 - 0.5 -> 0
+    assert grown.budget == 3 and sum(p.budget for p in exp.phases[1:]) <= 6
+    priors = [t for t in grown.trials if t.user_attrs.get(rec.ROLE_ATTR) == rec.PRIOR]
+    assert len(priors) == 8  # the main phase's finished trials, copied so TPE learns from them
+    assert summary.count("complete") == sum(
+        1 for p in exp.phases for t in p.trials if t.state == TrialState.COMPLETE and t not in priors
+    )
+    assert len(exp.rounds) >= 2 and all(r.done for r in exp.rounds)
+    best = best_coefficients(url, "tiny", 2, sampler="euler")
+    assert best.status == VALIDATED and best.box is not None
+    assert best.box["rho_bottom"][0] == 0.0
+    # every validated job's params were evaluated once, whichever round asked for them
+    keys = [
+        tuple(sorted(t.params.items()))
+        for r in exp.rounds
+        for t in r.trials
+        if t.state == TrialState.COMPLETE
+    ]
+    assert len(keys) == len(set(keys))
+
+
+def test_old_study_is_unvalidated_until_validate(
+    search_assets: SearchAssets, tmp_path: Path, capsys: Any
+) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    _create(search_assets, url, "--no-validate", trials=3)
+    run_worker(url, model=str(search_assets.model), device="cpu", batch_size=8, heartbeat=1, grace=3)
+    best = best_coefficients(url, "tiny", 2, sampler="euler")
+    assert (best.status, best.validated, best.gain) == ("unvalidated", False, None)
+    (row,) = summary_rows(url)
+    assert row["improvement_source"] == "search (unvalidated)"
+    base = ["--model", "tiny", "--nfe", "2", "--sampler", "euler", "--storage", url]
+    capsys.readouterr()
+    assert cli(["validate", *base, "--validate-samples", "24", "--validate-blocks", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["status"] == "validating" and len(out["enqueued"]) == 3  # the baseline + the 2 others
+    assert best_coefficients(url, "tiny", 2, sampler="euler").status == "validating"
+    # settings are fixed once a round exists: held-out results must pair on the same seeds
+    assert cli(["validate", *base, "--validate-samples", "40", "--validate-blocks", "4"]) == 2
+    assert "fixed" in capsys.readouterr().err
+    run_worker(url, model=str(search_assets.model), device="cpu", batch_size=8, heartbeat=1, grace=3)
+    assert best_coefficients(url, "tiny", 2, sampler="euler").status in (VALIDATED, NO_GAIN)
+
+
+# ------------------------------------------------------------------------------- many processes
+
+
+def _worker(assets: SearchAssets, url: str, log: Path, *, batch_size: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SKIPTUNE_STORAGE": url}
+    command = [
+        sys.executable, "-m", "skiptune", "worker", "--model", str(assets.model), "--nfe", "2,3",
+        "--device", "cpu", "--batch-size", str(batch_size), "--heartbeat", "1", "--grace", "3",
+    ]  # fmt: skip
+    return subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def _jobs(url: str) -> list[FrozenTrial]:
+    storage = optuna.storages.RDBStorage(normalize_url(url))
+    return [
+        t
+        for s in storage.get_all_studies()
+        if "/validate" in s.study_name
+        for t in storage.get_all_trials(s._study_id)
+    ]
+
+
+def _catch_in_job(victim: subprocess.Popen[bytes], url: str, timeout: float = 120) -> FrozenTrial:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert victim.poll() is None, "the victim exited before it could be killed"
+        os.kill(victim.pid, signal.SIGSTOP)
+        mine = [
+            t for t in _jobs(url)
+            if t.state == TrialState.RUNNING and str(t.user_attrs.get(rec.WORKER_ATTR, "::")).split(":")[1]
+            == str(victim.pid)
+        ]  # fmt: skip
+        if mine:
+            return mine[0]
+        os.kill(victim.pid, signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError("never caught the victim inside a validation job")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_jobs_run_exactly_once_across_eight_workers(
+    search_assets: SearchAssets, postgres_url: str, tmp_path: Path
+) -> None:
+    # a tiny search, then validation jobs long enough (200 samples, batch 1) to catch the victim in one
+    args = search_assets.study_args(nfes="2,3", trials=3, storage=postgres_url)
+    assert cli([*args, "--validate-samples", "200", "--validate-blocks", "4", "--growth-trials", "0"]) == 0
+    victim = _worker(search_assets, postgres_url, tmp_path / "victim.log", batch_size=1)
+    killed = _catch_in_job(victim, postgres_url)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    workers = [_worker(search_assets, postgres_url, tmp_path / f"w{i}.log", batch_size=16) for i in range(7)]
+    for i, w in enumerate(workers):
+        try:
+            assert w.wait(timeout=240) == 0, (tmp_path / f"w{i}.log").read_text()[-3000:]
+        except subprocess.TimeoutExpired:
+            for other in workers:
+                other.kill()
+            pytest.fail((tmp_path / f"w{i}.log").read_text()[-3000:])
+    jobs = _jobs(postgres_url)
+    assert not [t for t in jobs if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    failed = [t for t in jobs if t.state == TrialState.FAIL]
+    assert [t._trial_id for t in failed] == [killed._trial_id]  # the killed job, failed by the heartbeat
+    storage = open_storage(postgres_url)
+    for study in find_studies(storage):
+        exp = load_experiment(storage, study)
+        done = [t for r in exp.rounds for t in r.trials if t.state == TrialState.COMPLETE]
+        params = [tuple(sorted(rec.fixed_params(t).items())) for t in done]
+        assert len(params) == len(set(params)), study.name  # each candidate evaluated exactly once
+        assert exp.status() in (VALIDATED, NO_GAIN)
+        if any(t._trial_id == killed._trial_id for r in exp.rounds for t in r.trials):
+            # the killed job was re-run by a survivor with the same params
+            assert tuple(sorted(rec.fixed_params(killed).items())) in params
