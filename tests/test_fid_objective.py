@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,8 +13,9 @@ import torch
 from helpers import TINY_SONG, tiny_precond
 
 from skiptune.errors import EvaluationError, SkiptuneError
-from skiptune.objectives.fid import FDObjective, check_rungs
+from skiptune.objectives.fid import FDObjective
 from skiptune.objectives.reference import ReferenceStats
+from skiptune.objectives.spec import ObjectiveSpec, check_rungs
 from skiptune.sampling import generate_images
 from skiptune.skips import SkipSchedule, skip_tuning
 
@@ -54,7 +56,7 @@ def net() -> torch.nn.Module:
 
 
 def _objective(net: torch.nn.Module, **overrides: object) -> FDObjective:
-    config: dict[str, object] = dict(
+    config: dict[str, Any] = dict(
         denoiser=net,
         sampler="euler",
         nfe=2,
@@ -67,7 +69,11 @@ def _objective(net: torch.nn.Module, **overrides: object) -> FDObjective:
         progress=False,
     )
     config.update(overrides)
-    return FDObjective(**config)  # type: ignore[arg-type]
+    spec = ObjectiveSpec.describe(
+        config["extractor"], config["reference"], reference_name="ref.npz",
+        **{k: config.pop(k) for k in ("n_samples", "rungs", "seed_base")},
+    )  # fmt: skip
+    return FDObjective(spec=spec, **config)
 
 
 def _independent_fd(features: np.ndarray, ref: ReferenceStats) -> float:

@@ -159,7 +159,7 @@ def _select_studies(
 
 def _checked_objective(objective: Objective, study: StoredStudy) -> Objective:
     mine = canonical(objective.identity())
-    theirs = canonical(study.spec.objective)
+    theirs = canonical(study.spec.objective_identity())
     if mine != theirs:
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         raise SkiptuneError(
@@ -194,9 +194,7 @@ class _Loop:
                 sampler=build_sampler(
                     spec.search, space=spec.space, n_trials=spec.n_trials, seed=self.seed + s.study_id
                 ),
-                pruner=RungPruner(
-                    list(spec.objective_args.get("rungs") or [spec.objective_args["n_samples"]])
-                ),
+                pruner=RungPruner(spec.objective.rungs),
             )
         return self._optuna[s.name]
 
