@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -192,3 +193,17 @@ def test_cli_stats_then_eval(net: torch.nn.Module, tmp_path, capsys, monkeypatch
 
     assert main([*eval_args[:-2], "--reference", str(tmp_path / "missing.npz")]) == 2
     assert "skiptune stats" in capsys.readouterr().err
+
+
+def test_the_spec_must_name_the_extractor_and_reference_given(net: torch.nn.Module) -> None:
+    right = _objective(net)
+    for wrong in (
+        replace(right.spec, reference_sha256="b" * 64),
+        replace(right.spec, extractor="other"),
+        replace(right.spec, feature_dim=DIM + 1),
+    ):
+        with pytest.raises(SkiptuneError, match="the objective spec names"):
+            FDObjective(
+                spec=wrong, denoiser=net, sampler="euler", nfe=2, extractor=right.extractor,
+                reference=right.reference, progress=False,
+            )  # fmt: skip

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from test_study import make_spec
 
 from skiptune.errors import SkiptuneError
 from skiptune.nets.registry import load_model
@@ -18,14 +19,7 @@ from skiptune.search.pruning import RungPruner
 from skiptune.search.study import StudySpec
 
 RESULTS_DB = Path(__file__).resolve().parents[1] / "docs" / "results" / "results.db"
-SPEC = ObjectiveSpec(
-    extractor="tiny",
-    feature_dim=6,
-    reference="/r.npz",
-    reference_sha256="a" * 64,
-    n_samples=16,
-    rungs=(8, 16),
-)
+SPEC = make_spec().objective  # tiny, 6 features, /r.npz, sha256 a..a, 16 samples, rungs 8,16
 
 
 def _stored_studies() -> dict[str, dict[str, object]]:

@@ -58,7 +58,7 @@ def study_specs(
         seed_base=seed_base,
     )
     specs = []
-    for nfe in nfes:
+    for nfe in nfes:  # built to validate NFE, settings and image sizes up front, then dropped
         FDObjective(
             spec=objective, denoiser=loaded.net, sampler=sampler, nfe=nfe, extractor=feature_extractor,
             reference=reference, sampler_settings=settings, progress=False,
