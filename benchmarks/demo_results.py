@@ -26,6 +26,7 @@ from skiptune.nets.registry import load_model
 from skiptune.objectives.features import create_extractor
 from skiptune.objectives.fid import FDObjective
 from skiptune.objectives.reference import load_reference
+from skiptune.objectives.spec import ObjectiveSpec
 from skiptune.search.query import summary_rows
 from skiptune.skips import SkipSchedule
 
@@ -42,15 +43,20 @@ def distance(
     n_samples: int,
     seed_base: int,
 ) -> float:
+    spec = ObjectiveSpec.describe(
+        args.extractor_obj,
+        args.reference_obj,
+        reference_name="demo",
+        n_samples=n_samples,
+        seed_base=seed_base,
+    )
     objective = FDObjective(
+        spec=spec,
         denoiser=net,
         sampler=sampler,
         nfe=nfe,
         extractor=args.extractor_obj,
         reference=args.reference_obj,
-        n_samples=n_samples,
-        rungs=[n_samples],
-        seed_base=seed_base,
         batch_size=args.batch_size,
         device=args.device,
         progress=False,

@@ -39,7 +39,7 @@ def search_table(storage: Any, model: str, reeval: dict[str, Any]) -> str:
     ]
     for row in sorted(summary_rows(storage, model), key=lambda r: (r["sampler"], r["nfe"])):
         study = next(s for s in find_studies(storage, model=model) if s.name == row["study"])
-        rungs = [int(r) for r in study.spec.objective_args["rungs"]]
+        rungs = list(study.spec.objective.rungs)
         used = sum(samples_used(t, rungs) for t in fresh_trials(storage, study.study_id))
         r = reeval[row["study"]]
         b, t = r["baseline"], r["tuned"]
@@ -62,7 +62,7 @@ def grid_vs_search(storage: Any, model: str, grid: list[dict[str, Any]]) -> str:
     study = next(
         s for s in find_studies(storage, model=model) if s.spec.sampler == "heun" and s.spec.nfe == 9
     )
-    rungs = [int(r) for r in study.spec.objective_args["rungs"]]
+    rungs = list(study.spec.objective.rungs)
     used, reached = 0, None
     for trial in sorted(fresh_trials(storage, study.study_id), key=lambda t: t.number):
         used += samples_used(trial, rungs)

@@ -419,6 +419,7 @@ def objective_overhead(bench: Bench, fast: FastDenoiser) -> dict[str, Any]:
     from skiptune.objectives.fid import FDObjective
     from skiptune.objectives.frechet import frechet_distance
     from skiptune.objectives.reference import ReferenceStats
+    from skiptune.objectives.spec import ObjectiveSpec
     from skiptune.sampling import generate_images
 
     args, dev = bench.args, bench.device
@@ -444,12 +445,12 @@ def objective_overhead(bench: Bench, fast: FastDenoiser) -> dict[str, Any]:
             pass
 
     objective = FDObjective(
+        spec=ObjectiveSpec.describe(extractor, reference, reference_name="random", n_samples=n),
         denoiser=fast,
         sampler="heun",
         nfe=args.nfe,
         extractor=extractor,
         reference=reference,
-        n_samples=n,
         batch_size=args.batch,
         device=dev,
         progress=False,

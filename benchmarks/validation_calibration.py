@@ -27,6 +27,7 @@ from skiptune.objectives.fid import FDObjective
 from skiptune.objectives.frechet import FeatureStats
 from skiptune.objectives.holdout import block_stats, from_block_stats
 from skiptune.objectives.reference import load_reference, resolve_reference
+from skiptune.objectives.spec import ObjectiveSpec
 from skiptune.search.validate import compare
 from skiptune.skips import SkipSchedule
 
@@ -102,9 +103,10 @@ def main() -> None:
     for item in args.pairs.split(";"):
         nfe_text, pair = item.split(":")
         rb, rt = (float(v) for v in pair.split(","))
+        spec = ObjectiveSpec.describe(extractor, reference, reference_name="demo", n_samples=args.pool)
         objective = FDObjective(
-            denoiser=net, sampler=args.sampler, nfe=int(nfe_text), extractor=extractor, reference=reference,
-            n_samples=args.pool, batch_size=args.batch_size, device=device, progress=False,
+            spec=spec, denoiser=net, sampler=args.sampler, nfe=int(nfe_text), extractor=extractor,
+            reference=reference, batch_size=args.batch_size, device=device, progress=False,
         )  # fmt: skip
         row = {"nfe": int(nfe_text), **calibrate_pair(objective, SkipSchedule(rb, rt), args)}
         print(json.dumps({k: v for k, v in row.items() if k != "replicates"}), flush=True)

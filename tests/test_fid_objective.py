@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,8 +14,9 @@ import torch
 from helpers import TINY_SONG, tiny_precond
 
 from skiptune.errors import EvaluationError, SkiptuneError
-from skiptune.objectives.fid import FDObjective, check_rungs
+from skiptune.objectives.fid import FDObjective
 from skiptune.objectives.reference import ReferenceStats
+from skiptune.objectives.spec import ObjectiveSpec, check_rungs
 from skiptune.sampling import generate_images
 from skiptune.skips import SkipSchedule, skip_tuning
 
@@ -54,7 +57,7 @@ def net() -> torch.nn.Module:
 
 
 def _objective(net: torch.nn.Module, **overrides: object) -> FDObjective:
-    config: dict[str, object] = dict(
+    config: dict[str, Any] = dict(
         denoiser=net,
         sampler="euler",
         nfe=2,
@@ -67,7 +70,11 @@ def _objective(net: torch.nn.Module, **overrides: object) -> FDObjective:
         progress=False,
     )
     config.update(overrides)
-    return FDObjective(**config)  # type: ignore[arg-type]
+    spec = ObjectiveSpec.describe(
+        config["extractor"], config["reference"], reference_name="ref.npz",
+        **{k: config.pop(k) for k in ("n_samples", "rungs", "seed_base")},
+    )  # fmt: skip
+    return FDObjective(spec=spec, **config)
 
 
 def _independent_fd(features: np.ndarray, ref: ReferenceStats) -> float:
@@ -186,3 +193,17 @@ def test_cli_stats_then_eval(net: torch.nn.Module, tmp_path, capsys, monkeypatch
 
     assert main([*eval_args[:-2], "--reference", str(tmp_path / "missing.npz")]) == 2
     assert "skiptune stats" in capsys.readouterr().err
+
+
+def test_the_spec_must_name_the_extractor_and_reference_given(net: torch.nn.Module) -> None:
+    right = _objective(net)
+    for wrong in (
+        replace(right.spec, reference_sha256="b" * 64),
+        replace(right.spec, extractor="other"),
+        replace(right.spec, feature_dim=DIM + 1),
+    ):
+        with pytest.raises(SkiptuneError, match="the objective spec names"):
+            FDObjective(
+                spec=wrong, denoiser=net, sampler="euler", nfe=2, extractor=right.extractor,
+                reference=right.reference, progress=False,
+            )  # fmt: skip

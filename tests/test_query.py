@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -110,7 +111,8 @@ def test_clear_errors(url: str, capsys: pytest.CaptureFixture[str]) -> None:
         best_coefficients(storage, "tiny", 9)
     with pytest.raises(SkiptuneError, match=r"NFE 7.*tiny/heun/nfe=9"):
         best_coefficients(storage, "tiny", 7)
-    create_studies(storage, [make_spec(9, objective={**make_spec().objective, "n_samples": "32"})])
+    other_samples = replace(make_spec().objective, n_samples=32, rungs=(8, 32))
+    create_studies(storage, [make_spec(9, objective=other_samples)])
     with pytest.raises(SkiptuneError, match=r"2 studies match.*--study"):
         best_coefficients(storage, "tiny", 9)
     # The CLI: one line on stderr, exit code 2, no traceback.

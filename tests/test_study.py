@@ -11,6 +11,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from skiptune.errors import SkiptuneError
+from skiptune.objectives.spec import ObjectiveSpec
 from skiptune.search.budget import EVALUATION_FAILED, FAIL_ATTR, OVER_BUDGET, RELEASED, within_budget
 from skiptune.search.pruning import RungPruner
 from skiptune.search.space import SearchSpace
@@ -31,14 +32,14 @@ def make_spec(nfe: int = 9, **changes: object) -> StudySpec:
         model_fingerprint="f" * 64,
         sampler="heun",
         nfe=nfe,
-        objective={
-            "extractor": "tiny",
-            "reference_sha256": "a" * 64,
-            "n_samples": "16",
-            "rungs": "8,16",
-            "nfe": str(nfe),
-        },
-        objective_args={"extractor": "tiny", "reference_path": "/r.npz", "n_samples": 16, "rungs": [8, 16]},
+        objective=ObjectiveSpec(
+            extractor="tiny",
+            feature_dim=6,
+            reference="/r.npz",
+            reference_sha256="a" * 64,
+            n_samples=16,
+            rungs=(8, 16),
+        ),
         n_trials=6,
     )
     return replace(spec, **changes)  # type: ignore[arg-type]
@@ -54,7 +55,7 @@ def test_names_follow_identity_not_budget() -> None:
     spec = make_spec()
     assert spec.name.startswith("tiny/heun/nfe=9/") and len(spec.name.rsplit("/", 1)[1]) == 6
     assert replace(spec, n_trials=99, search="gp").name == spec.name
-    other_ref = replace(spec, objective={**spec.objective, "reference_sha256": "b" * 64})
+    other_ref = replace(spec, objective=replace(spec.objective, reference_sha256="b" * 64))
     assert other_ref.name != spec.name and other_ref.name.startswith("tiny/heun/nfe=9/")
     assert replace(spec, space=SearchSpace(rho_bottom=(0.6, 1.0))).name != spec.name
     assert replace(spec, model_fingerprint="e" * 64).name != spec.name
@@ -83,7 +84,8 @@ def test_create_is_idempotent_and_enqueues_the_baseline_once(storage_url: str) -
         trials = storage.get_all_trials(s.study_id)
         assert [(t.state, t.user_attrs.get(ROLE_ATTR)) for t in trials] == [(TrialState.WAITING, "baseline")]
     # Another objective for the same model and NFE is another study, next to the first.
-    create_studies(storage, [make_spec(9, objective={**make_spec().objective, "n_samples": "32"})])
+    other_samples = replace(make_spec().objective, n_samples=32, rungs=(8, 32))
+    create_studies(storage, [make_spec(9, objective=other_samples)])
     assert len(find_studies(storage, model="tiny", nfes=[9])) == 2
     assert find_studies(storage, model="other") == []
 
@@ -91,7 +93,7 @@ def test_create_is_idempotent_and_enqueues_the_baseline_once(storage_url: str) -
 def test_warm_start_from_nearest_nfes_of_the_same_objective(storage_url: str) -> None:
     storage = open_storage(storage_url)
     create_studies(storage, [make_spec(3), make_spec(5), make_spec(19)])
-    other_objective = make_spec(7, objective={**make_spec().objective, "reference_sha256": "c" * 64})
+    other_objective = make_spec(7, objective=replace(make_spec().objective, reference_sha256="c" * 64))
     create_studies(storage, [other_objective])
     best = {3: (0.61, 0.91), 5: (0.72, 0.93), 19: (0.83, 0.97), 7: (0.55, 0.55)}
     for spec in (make_spec(3), make_spec(5), make_spec(19), other_objective):

@@ -101,15 +101,16 @@ def test_block_distances_equal_direct_computation(search_assets: SearchAssets) -
     from skiptune.objectives.fid import FDObjective
     from skiptune.objectives.frechet import FeatureStats
     from skiptune.objectives.reference import load_reference
+    from skiptune.objectives.spec import ObjectiveSpec
     from skiptune.sampling import generate_images
     from skiptune.skips import SkipSchedule, skip_tuning
 
     net = load_checkpoint(search_assets.model)
     ext = create_extractor(f"torchscript:{search_assets.extractor}")
     reference = load_reference(search_assets.reference)
-    obj = FDObjective(
-        denoiser=net, sampler="euler", nfe=2, extractor=ext, reference=reference, n_samples=12, batch_size=5
-    )
+    spec = ObjectiveSpec.describe(ext, reference, reference_name="r", n_samples=12)
+    obj = FDObjective(spec=spec, denoiser=net, sampler="euler", nfe=2, extractor=ext, reference=reference,
+                      batch_size=5)  # fmt: skip
     schedule = SkipSchedule(0.7, 0.9)
     got = obj.block_distances(schedule, seed_base=1000, n_samples=12, blocks=3)
 
@@ -194,7 +195,7 @@ class _Bowl:
         return 1.0 + (schedule.rho_bottom - 0.05) ** 2 + (schedule.rho_top - 0.05) ** 2
 
     def identity(self) -> dict[str, Any]:
-        return self.spec.objective
+        return dict(self.spec.objective_identity())
 
     def evaluate(self, schedule: Any) -> Iterator[tuple[int, float]]:
         yield 8, self._value(schedule) + 0.01

@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from skiptune.objectives.features import create_extractor
     from skiptune.objectives.fid import FDObjective
     from skiptune.objectives.reference import load_reference
+    from skiptune.objectives.spec import ObjectiveSpec
     from skiptune.skips import SkipSchedule
 
     bottom, top = parse_float_pair(args.rho, what="--rho")
@@ -82,15 +83,17 @@ def run(args: argparse.Namespace) -> int:
     reference = load_reference(args.reference)  # cheap checks first: files, then the model
     extractor = create_extractor(args.extractor, device=device, weights_path=args.extractor_weights)
     loaded = load_model(args.model, device=device)
+    spec = ObjectiveSpec.describe(
+        extractor, reference, reference_name=str(args.reference), n_samples=args.n_samples, rungs=rungs,
+        seed_base=args.seed_base,
+    )  # fmt: skip
     objective = FDObjective(
+        spec=spec,
         denoiser=loaded.net,
         sampler=args.sampler,
         nfe=args.nfe,
         extractor=extractor,
         reference=reference,
-        n_samples=args.n_samples,
-        rungs=rungs,
-        seed_base=args.seed_base,
         batch_size=args.batch_size,
         device=device,
         progress=not args.no_progress,

@@ -67,7 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument(
         "--rungs",
         default=None,
-        help="sample counts at which a trial may be pruned, ending at --n-samples (default: N/5,N)",
+        help="sample counts at which a trial may be pruned, ending at --n-samples (default: N/5,N; N alone "
+        "when N/5 < 2)",
     )
     create.add_argument(
         "--seed-base", type=int, default=0, help="sample i uses seed seed_base + i (default: %(default)s)"
@@ -121,15 +122,12 @@ def run(args: argparse.Namespace) -> int:
 def _rungs(args: argparse.Namespace) -> list[int]:
     if args.n_samples < 1:
         raise SkiptuneError(f"bad --n-samples {args.n_samples}: expected a positive integer, e.g. 10000")
+    from skiptune.objectives.spec import check_rungs, default_rungs
+
     if args.rungs is None:
-        return sorted({max(1, args.n_samples // 5), args.n_samples})
-    rungs = parse_int_list(args.rungs, what="rung")
-    if rungs != sorted(set(rungs)) or rungs[-1] != args.n_samples or rungs[0] < 1:
-        raise SkiptuneError(
-            f"bad --rungs {args.rungs!r}: expected increasing sample counts ending at --n-samples "
-            f"({args.n_samples}), e.g. {max(1, args.n_samples // 5)},{args.n_samples}"
-        )
-    return rungs
+        return list(default_rungs(args.n_samples))
+    # checked here too (the objective spec does it again) to fail before the model is loaded
+    return list(check_rungs(parse_int_list(args.rungs, what="rung"), args.n_samples))
 
 
 def _create(args: argparse.Namespace) -> int:

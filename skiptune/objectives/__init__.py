@@ -4,6 +4,7 @@
     frechet.py    FeatureStats (float64 streaming sums, exact merge) and frechet_distance
     reference.py  ReferenceStats: load (ours, EDM, torch-fidelity), compute + cache, check_compatible
     fid.py        FDObjective: the distance per sample-count rung for one skip schedule
+    spec.py       ObjectiveSpec: the objective's one validated description (identity, stored args, build)
     data.py       Fashion-MNIST idx loader, pad_to, image sources (folders, .npz, idx)
     classifier.py the demo's Fashion-MNIST classifier (the fmnist-classifier extractor)
 

@@ -113,6 +113,13 @@ def create_extractor(
     return EXTRACTORS.get(spec)(device=device, weights_path=weights_path)
 
 
+def extractor_name(spec: str) -> str:
+    """The ``name`` of ``create_extractor(spec)``: ``spec``, a TorchScript path as ``pathlib`` writes it."""
+    if spec.startswith(TORCHSCRIPT_PREFIX):
+        return f"{TORCHSCRIPT_PREFIX}{Path(spec[len(TORCHSCRIPT_PREFIX) :])}"
+    return spec
+
+
 def extractor_choices() -> list[str]:
     """Names for ``--extractor`` help texts."""
     return [n for n in EXTRACTORS.names() if n != "torchscript"] + [f"{TORCHSCRIPT_PREFIX}PATH"]

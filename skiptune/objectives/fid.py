@@ -1,17 +1,16 @@
 """The objective: Fréchet distance of a skip-tuned sampler's images to reference statistics.
 
-``FDObjective(...).evaluate(schedule)`` samples seeds ``seed_base .. seed_base + n_samples - 1`` with the
-schedule applied, accumulates features batch by batch (no image is kept) and yields
-``(samples_so_far, distance)`` at every rung, so a pruner can stop a bad setting early. Every trial uses
-the same seeds (common random numbers), and batch size or device never change which images are made.
+``FDObjective(spec=..., ...).evaluate(schedule)`` samples seeds ``seed_base .. seed_base + n_samples - 1``
+(from its ``ObjectiveSpec``) with the schedule applied, accumulates features batch by batch (no image is
+kept) and yields ``(samples_so_far, distance)`` at every rung, so a pruner can stop a bad setting early.
+Every trial uses the same seeds (common random numbers), and batch size or device never change which
+images are made.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,22 +19,12 @@ from skiptune.errors import EvaluationError, SkiptuneError
 from skiptune.objectives.features import FeatureExtractor
 from skiptune.objectives.frechet import FeatureStats, frechet_distance
 from skiptune.objectives.reference import ReferenceStats, check_compatible
+from skiptune.objectives.spec import ObjectiveSpec
 from skiptune.sampling import SAMPLERS, generate_images
 from skiptune.skips import SkipSchedule, skip_tuning
 
 if TYPE_CHECKING:
     from skiptune.objectives.holdout import BlockDistances
-
-
-def check_rungs(rungs: Sequence[int], n_samples: int) -> tuple[int, ...]:
-    """Rungs as a tuple: strictly increasing sample counts >= 2, the last equal to ``n_samples``."""
-    out = tuple(int(r) for r in rungs)
-    if not out or out[0] < 2 or any(b <= a for a, b in itertools.pairwise(out)) or out[-1] != n_samples:
-        raise SkiptuneError(
-            f"bad rungs {list(out)} for {n_samples} samples: expected strictly increasing sample counts >= 2 "
-            f"ending at n_samples, e.g. {max(2, n_samples // 5)},{n_samples}"
-        )
-    return out
 
 
 class FDObjective:
@@ -47,25 +36,23 @@ class FDObjective:
     def __init__(
         self,
         *,
+        spec: ObjectiveSpec,
         denoiser: torch.nn.Module,
         sampler: str,
         nfe: int,
         extractor: FeatureExtractor,
         reference: ReferenceStats,
-        n_samples: int,
-        rungs: Sequence[int] | None = None,
         sampler_settings: Any | None = None,
-        seed_base: int = 0,
         batch_size: int = 256,
         device: torch.device | str = "cpu",
         progress: bool = True,
     ) -> None:
-        spec = SAMPLERS.get(sampler)
-        spec.steps_for_nfe(nfe)  # a clear error naming valid NFEs, before any work
-        self.sampler_settings = spec.check_settings(sampler_settings)
-        if seed_base < 0 or batch_size < 1:
-            raise SkiptuneError(f"seed_base {seed_base} must be >= 0 and batch_size {batch_size} >= 1")
-        self.rungs = check_rungs(rungs if rungs is not None else [n_samples], n_samples)
+        sampler_spec = SAMPLERS.get(sampler)
+        sampler_spec.steps_for_nfe(nfe)  # a clear error naming valid NFEs, before any work
+        self.sampler_settings = sampler_spec.check_settings(sampler_settings)
+        if batch_size < 1:
+            raise SkiptuneError(f"bad batch size {batch_size}: expected an integer >= 1")
+        _check_matches(spec, extractor, reference)
         resolution = int(denoiser.img_resolution)  # type: ignore[arg-type]
         wanted = getattr(extractor, "input_resolution", None)
         if wanted is not None and wanted != resolution:
@@ -74,26 +61,15 @@ class FDObjective:
                 f"{resolution}x{resolution}; choose an extractor that accepts them (e.g. inception-v3-compat)"
             )
         check_compatible(reference, extractor=extractor, resolution=resolution)
-        self.denoiser, self.sampler, self.nfe = denoiser, sampler, nfe
+        self.spec, self.denoiser, self.sampler, self.nfe = spec, denoiser, sampler, nfe
         self.extractor, self.reference = extractor, reference
-        self.n_samples, self.seed_base, self.batch_size = n_samples, seed_base, batch_size
-        self.device, self.progress = torch.device(device), progress
+        self.n_samples, self.rungs, self.seed_base = spec.n_samples, spec.rungs, spec.seed_base
+        self.batch_size, self.device, self.progress = batch_size, torch.device(device), progress
 
     def identity(self) -> dict[str, str]:
-        """Everything that changes the number (not device or batch size: those never do)."""
+        """Everything that changes the number (the spec's identity for this sampler and NFE)."""
         settings = self.sampler_settings.to_dict() if hasattr(self.sampler_settings, "to_dict") else {}
-        return {
-            "objective": "frechet-distance",
-            "extractor": self.extractor.name,
-            "feature_dim": str(self.extractor.feature_dim),
-            "reference_sha256": self.reference.sha256,
-            "n_samples": str(self.n_samples),
-            "rungs": ",".join(str(r) for r in self.rungs),
-            "seed_base": str(self.seed_base),
-            "sampler": self.sampler,
-            "sampler_settings": json.dumps(settings, sort_keys=True, default=str),
-            "nfe": str(self.nfe),
-        }
+        return self.spec.identity(sampler=self.sampler, nfe=self.nfe, settings=settings)
 
     def evaluate(self, schedule: SkipSchedule) -> Iterator[tuple[int, float]]:
         """Yield ``(samples_so_far, distance)`` at each rung; NaN/inf raise :class:`EvaluationError`."""
@@ -150,3 +126,15 @@ class FDObjective:
         if not math.isfinite(distance):
             raise EvaluationError(f"the Fréchet distance after {stats.count} samples is {distance}")
         return distance
+
+
+def _check_matches(spec: ObjectiveSpec, extractor: FeatureExtractor, reference: ReferenceStats) -> None:
+    """The extractor and statistics are the ones the spec names (else its identity would be wrong)."""
+    mine = (extractor.name, int(extractor.feature_dim), reference.sha256)
+    theirs = (spec.extractor, spec.feature_dim, spec.reference_sha256)
+    if mine != theirs:
+        raise SkiptuneError(
+            f"the objective spec names extractor {theirs[0]!r} ({theirs[1]} features) and reference sha256 "
+            f"{theirs[2][:12]}..., but was given {mine[0]!r} ({mine[1]} features) and {mine[2][:12]}...; "
+            "build it with ObjectiveSpec.describe(extractor, reference, ...)"
+        )

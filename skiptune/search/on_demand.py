@@ -15,8 +15,7 @@ from skiptune.search.validate import ValidationSettings
 
 def search_seeds(study: StoredStudy) -> tuple[int, int]:
     """(seed base, sample count) of the study's search trials."""
-    args = study.spec.objective_args
-    return int(args.get("seed_base", 0)), int(args["n_samples"])
+    return study.spec.objective.seed_base, study.spec.objective.n_samples
 
 
 def request_validation(

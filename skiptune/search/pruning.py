@@ -16,6 +16,7 @@ from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
 from skiptune.errors import SkiptuneError
+from skiptune.objectives.spec import check_rungs
 
 _PEER_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
@@ -27,11 +28,9 @@ class RungPruner(BasePruner):
     """
 
     def __init__(self, rungs: Sequence[int], *, reduction_factor: int = 3, min_peers: int = 4) -> None:
-        if not rungs or sorted(set(rungs)) != list(rungs) or rungs[0] < 1:
-            raise SkiptuneError(f"bad rungs {list(rungs)}: expected increasing positive sample counts")
+        self.rungs = list(check_rungs(rungs))
         if reduction_factor < 2:
             raise SkiptuneError(f"bad reduction factor {reduction_factor}: expected an integer >= 2")
-        self.rungs = list(rungs)
         self.reduction_factor = reduction_factor
         self.min_peers = min_peers
 

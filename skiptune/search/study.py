@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from skiptune.errors import SkiptuneError
+from skiptune.objectives.spec import ObjectiveSpec
 from skiptune.search.algorithms import SEARCH_ALGORITHMS
 from skiptune.search.budget import fresh_trials, used_budget
 from skiptune.search.records import (
@@ -52,8 +53,7 @@ class StudySpec:
     model_fingerprint: str
     sampler: str
     nfe: int
-    objective: dict[str, Any]  # FDObjective.identity(): extractor, reference sha256, samples, rungs, seeds
-    objective_args: dict[str, Any]  # how a worker rebuilds it: extractor, reference_path, n_samples, ...
+    objective: ObjectiveSpec  # extractor, reference (path and sha256), samples, rungs, seed base
     sampler_settings: dict[str, Any] = field(default_factory=dict)
     space: SearchSpace = field(default_factory=SearchSpace)
     n_trials: int = 30
@@ -74,9 +74,13 @@ class StudySpec:
             "sampler": self.sampler,
             "sampler_settings": self.sampler_settings,
             "nfe": self.nfe,
-            "objective": self.objective,
+            "objective": self.objective_identity(),
             "space": self.space.to_dict(),
         }
+
+    def objective_identity(self) -> dict[str, str]:
+        """The objective's identity for this sampler and NFE (what ``FDObjective.identity()`` returns)."""
+        return self.objective.identity(sampler=self.sampler, nfe=self.nfe, settings=self.sampler_settings)
 
     def canonical_identity(self) -> dict[str, Any]:
         """The identity as stored (JSON round trip: tuples become lists), for comparisons."""
@@ -94,7 +98,7 @@ class StudySpec:
     def user_attrs(self) -> dict[str, Any]:
         attrs = {
             IDENTITY_ATTR: self.canonical_identity(),
-            OBJECTIVE_ARGS_ATTR: self.objective_args,
+            OBJECTIVE_ARGS_ATTR: self.objective.to_args(),
             BUDGET_ATTR: self.n_trials,
             SEARCH_ATTR: self.search,
         }
@@ -104,9 +108,9 @@ class StudySpec:
 
     @classmethod
     def from_user_attrs(cls, attrs: dict[str, Any]) -> StudySpec | None:
-        """The spec stored in a study, or None for a study skiptune did not create."""
-        ident = attrs.get(IDENTITY_ATTR)
-        if not isinstance(ident, dict):
+        """The spec stored in a study, or None for a study skiptune did not create (or is still creating)."""
+        ident, args = attrs.get(IDENTITY_ATTR), attrs.get(OBJECTIVE_ARGS_ATTR)
+        if not isinstance(ident, dict) or not isinstance(args, dict):
             return None
         return cls(
             model=ident["model"],
@@ -114,8 +118,7 @@ class StudySpec:
             sampler=ident["sampler"],
             sampler_settings=ident["sampler_settings"],
             nfe=int(ident["nfe"]),
-            objective=ident["objective"],
-            objective_args=attrs.get(OBJECTIVE_ARGS_ATTR, {}),
+            objective=ObjectiveSpec.from_args(args, feature_dim=int(ident["objective"]["feature_dim"])),
             space=SearchSpace.from_dict(ident["space"]),
             n_trials=int(attrs.get(BUDGET_ATTR, 1)),
             search=str(attrs.get(SEARCH_ATTR, "tpe")),
@@ -237,12 +240,10 @@ def _enqueue_warm_starts(
     return enqueued
 
 
-def _family(spec: StudySpec) -> dict[str, Any]:
-    """The identity without the NFE (also inside the objective's identity, which records it)."""
-    ident = spec.canonical_identity()
-    ident.pop("nfe")
-    ident["objective"] = {k: v for k, v in ident["objective"].items() if k != "nfe"}
-    return ident
+def _family(spec: StudySpec) -> StudySpec:
+    """The spec with what neighbouring studies may differ in set aside: NFE, budget, search algorithm,
+    validation settings."""
+    return replace(spec, nfe=1, n_trials=1, search="tpe", validation=None)
 
 
 def _neighbours(storage: optuna.storages.BaseStorage, spec: StudySpec) -> list[StoredStudy]:

@@ -172,7 +172,7 @@ def _select_studies(
 
 def _checked_objective(objective: Objective, study: StoredStudy) -> Objective:
     mine = canonical(objective.identity())
-    theirs = canonical(study.spec.objective)
+    theirs = canonical(study.spec.objective_identity())
     if mine != theirs:
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         raise SkiptuneError(
@@ -220,7 +220,7 @@ class _Loop:
                 if unit.kind == "search"
                 else optuna.samplers.RandomSampler(seed=self.seed)  # jobs are enqueued: never sampled
             )
-            pruner = RungPruner(list(spec.objective_args.get("rungs") or [spec.objective_args["n_samples"]]))
+            pruner = RungPruner(spec.objective.rungs)
             self._optuna[unit.study_name] = optuna.load_study(
                 study_name=unit.study_name, storage=self.storage, sampler=sampler, pruner=pruner
             )
