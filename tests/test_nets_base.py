@@ -95,7 +95,7 @@ def test_native_families_support_a_sigma_window_also_through_the_fast_path(name:
     assert torch.equal(tuned[~inside], plain[~inside]) and not torch.equal(tuned[inside], plain[inside])
 
 
-def test_bare_backbones_and_hook_adapted_nets_do_not_support_a_sigma_window() -> None:
+def test_bare_backbones_and_other_nets_do_not_support_a_sigma_window() -> None:
     backbone = SongUNet(8, 3, 3, **SONG)
     user = UserDenoiser()
     for net in (backbone, user, prepare_with(user, FP32), torch.nn.Linear(2, 2), object()):

@@ -28,10 +28,12 @@ from skiptune.registry import Registry
 
 __all__ = [
     "BACKBONES",
+    "Coefficients",
     "SkipBackbone",
     "SkipTunable",
     "SkipTunableBackbone",
     "SkipTunablePrecond",
+    "as_sigma",
     "build_backbone",
     "check_resolution",
     "edm_coefficients",
