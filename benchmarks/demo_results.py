@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from skiptune.fast import prepare_denoiser
+from skiptune.nets.fast import prepare_denoiser
 from skiptune.nets.registry import load_model
 from skiptune.objectives.features import create_extractor
 from skiptune.objectives.fid import FDObjective

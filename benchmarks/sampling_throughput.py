@@ -37,8 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # runnable as a plain script from a checkout
     sys.path.insert(0, str(REPO))
 
-from skiptune.fast import FP32, FastDenoiser, FastPath, prepare_with  # noqa: E402
 from skiptune.nets.edm import EDMPrecond  # noqa: E402
+from skiptune.nets.fast import FP32, FastDenoiser, FastPath, prepare_with  # noqa: E402
 from skiptune.sampling import sample_batch  # noqa: E402
 from skiptune.skips import SkipSchedule, skip_tuning  # noqa: E402
 

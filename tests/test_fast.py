@@ -7,7 +7,7 @@ import torch
 from helpers import tiny_precond
 
 from skiptune.errors import SkiptuneError
-from skiptune.fast import FP32, FastPath, default_fast_path, prepare_denoiser
+from skiptune.nets.fast import FP32, FastPath, default_fast_path, prepare_denoiser
 from skiptune.sampling import sample_batch
 from skiptune.skips import SkipSchedule, find_adapter, skip_tuning
 
@@ -144,7 +144,7 @@ def test_inference_and_normal_inputs_share_one_graph() -> None:
 
 
 def test_compiled_calls_run_without_the_custom_op_aliasing_check() -> None:
-    from skiptune.fast import _no_aliasing_check
+    from skiptune.nets.fast import _no_aliasing_check
 
     config = torch._functorch.config
     if not hasattr(config, "check_custom_op_aliasing"):

@@ -211,7 +211,7 @@ def test_skip_tuning_writes_and_restores_the_buffers() -> None:
 
 
 def test_samples_and_skip_tuning_through_the_fast_wrapper() -> None:
-    from skiptune.fast import FP32, prepare_with
+    from skiptune.nets.fast import FP32, prepare_with
     from skiptune.sampling import generate_images
 
     net = tiny(label_dim=3)
@@ -228,8 +228,8 @@ def test_samples_and_skip_tuning_through_the_fast_wrapper() -> None:
 
 @pytest.mark.parametrize(("precision", "tol"), [("bf16", 2e-2), ("fp16", 3e-3)])
 def test_low_precision_fast_path_stays_close(precision: Any, tol: float) -> None:
-    # Workers default to bf16 autocast on CUDA; CPU autocast runs the same dtype mix.
-    from skiptune.fast import FastPath, prepare_with
+    # Workers default to the bf16 fast path on CUDA; on the CPU the backbone runs natively in the same dtype.
+    from skiptune.nets.fast import FastPath, prepare_with
 
     net = tiny(label_dim=4, channel_mult=[1, 2, 2], attn_resolutions=[4, 8])
     x, sigma = inputs(net)

@@ -8,7 +8,7 @@ from helpers import tiny_precond
 
 from skiptune.cli import build_parser
 from skiptune.errors import SkiptuneError
-from skiptune.fast import FastDenoiser
+from skiptune.nets.fast import FastDenoiser
 from skiptune.search.worker import _fast_net
 
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from skiptune.nets.edm import BACKBONES, DhariwalUNet, EDMPrecond, SkipTunableBackbone, SongUNet
+from skiptune.nets.base import (
+    BACKBONES,
+    SkipTunable,
+    SkipTunableBackbone,
+    SkipTunablePrecond,
+    supports_sigma_window,
+)
+from skiptune.nets.edm import DhariwalUNet, EDMPrecond, SongUNet
 from skiptune.nets.edm2 import EDM2Precond, EDM2UNet
 from skiptune.nets.precond import VEPrecond, VPPrecond
 
@@ -12,8 +19,11 @@ __all__ = [
     "EDM2Precond",
     "EDM2UNet",
     "EDMPrecond",
+    "SkipTunable",
     "SkipTunableBackbone",
+    "SkipTunablePrecond",
     "SongUNet",
     "VEPrecond",
     "VPPrecond",
+    "supports_sigma_window",
 ]

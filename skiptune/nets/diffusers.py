@@ -105,6 +105,9 @@ class DiffusersDenoiser(torch.nn.Module):
     timestep whose sigma matches, interpolated in log-sigma over the training schedule.
     """
 
+    # Skips are scaled by hooks on the UNet's up blocks, which never see sigma.
+    supports_sigma_window = False
+
     def __init__(self, unet: torch.nn.Module, *, alphas_cumprod: torch.Tensor, prediction_type: str) -> None:
         super().__init__()
         if prediction_type not in ("epsilon", "v_prediction", "sample"):

@@ -14,7 +14,6 @@ as ``model`` (the name our sampling and Skip-Tuning code reads).
 
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 from collections.abc import Sequence
@@ -23,7 +22,14 @@ from typing import Any
 import torch
 
 from skiptune.errors import SkiptuneError
-from skiptune.nets.edm import SkipTunableBackbone, check_resolution, precond_labels, window_mask
+from skiptune.nets.base import (
+    Coefficients,
+    SkipTunableBackbone,
+    SkipTunablePrecond,
+    as_sigma,
+    check_resolution,
+    edm_coefficients,
+)
 from skiptune.nets.layers import self_attention
 
 __all__ = ["EDM2Block", "EDM2Precond", "EDM2UNet", "MPConv", "MPFourier", "mp_cat", "mp_silu", "mp_sum"]
@@ -293,15 +299,14 @@ class EDM2UNet(SkipTunableBackbone):
         return self.out_conv(x, gain=self.out_gain)
 
 
-class EDM2Precond(torch.nn.Module):
-    """EDM2 preconditioning ``D(x, sigma) = c_skip x + c_out F(c_in x, ln(sigma) / 4)`` and its
-    uncertainty head ``u(sigma)`` (``return_logvar=True``).
+class EDM2Precond(SkipTunablePrecond):
+    """EDM2 preconditioning ``D(x, sigma) = c_skip x + c_out F(c_in x, ln(sigma) / 4)`` (EDM's
+    coefficients) and its uncertainty head ``u(sigma)`` (``return_logvar=True``).
 
     ``skip_window`` (non-persistent, ``[lo, hi]``) selects the samples whose sigma lies in
     ``[lo, hi]``; only those get the UNet's skip coefficients.
     """
 
-    skip_window: torch.Tensor
     # EDM2 networks do not record a sigma range; these are EDM2's sampler defaults (generate_images.py).
     sigma_min: float = 0.002
     sigma_max: float = 80.0
@@ -317,8 +322,7 @@ class EDM2Precond(torch.nn.Module):
         **unet_kwargs: Any,
     ) -> None:
         super().__init__()
-        # The constructor arguments, so save_checkpoint() can rebuild the net without a config.
-        self.init_kwargs: dict[str, Any] = copy.deepcopy(
+        self._record(
             dict(
                 img_resolution=img_resolution,
                 img_channels=img_channels,
@@ -329,55 +333,37 @@ class EDM2Precond(torch.nn.Module):
                 **unet_kwargs,
             )
         )
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.label_dim = label_dim
-        self.use_fp16 = use_fp16
         self.sigma_data = sigma_data
         self.unet = EDM2UNet(
             img_resolution=img_resolution, img_channels=img_channels, label_dim=label_dim, **unet_kwargs
         )
         self.logvar_fourier = MPFourier(logvar_channels)
         self.logvar_linear = MPConv(logvar_channels, 1, kernel=[])
-        window = torch.tensor([-math.inf, math.inf], dtype=torch.float32)
-        self.register_buffer("skip_window", window, persistent=False)
 
     @property
-    def model(self) -> EDM2UNet:
+    def model(self) -> EDM2UNet:  # type: ignore[override]  # read-only here: the UNet is ``unet``
         """The UNet under the name ``EDMPrecond`` uses (a property: no second state-dict prefix)."""
         return self.unet
 
-    def forward(
+    def _coefficients(self, sigma: torch.Tensor) -> Coefficients:
+        return edm_coefficients(sigma, self.sigma_data)
+
+    def forward(  # type: ignore[override]  # return_logvar=True returns a pair, as in EDM2
         self,
         x: torch.Tensor,
         sigma: torch.Tensor | float,
         class_labels: torch.Tensor | None = None,
         force_fp32: bool = False,
         return_logvar: bool = False,
+        *,
+        backbone_dtype: torch.dtype | None = None,
         **unet_kwargs: Any,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        x = x.to(torch.float32)
-        sigma = torch.as_tensor(sigma, device=x.device).to(torch.float32).reshape(-1, 1, 1, 1)
-        labels = self._class_labels(class_labels, x)
-        fp16 = self.use_fp16 and not force_fp32 and x.device.type == "cuda"
-        dtype = torch.float16 if fp16 else torch.float32
-
-        sd2 = self.sigma_data**2
-        c_skip = sd2 / (sigma**2 + sd2)
-        c_out = sigma * self.sigma_data / (sigma**2 + sd2).sqrt()
-        c_in = 1 / (sd2 + sigma**2).sqrt()
-        c_noise = sigma.flatten().log() / 4
-
-        skip_mask = window_mask(self.skip_window, sigma)
-        f_x = self.unet((c_in * x).to(dtype), c_noise, labels, skip_mask=skip_mask, **unet_kwargs)
-        d_x = c_skip * x + c_out * f_x.to(torch.float32)
-        if return_logvar:
-            logvar = self.logvar_linear(self.logvar_fourier(c_noise)).reshape(-1, 1, 1, 1)
-            return d_x, logvar
-        return d_x
-
-    def _class_labels(self, class_labels: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
-        return precond_labels(class_labels, self.label_dim, x.device)
-
-    def round_sigma(self, sigma: torch.Tensor | float) -> torch.Tensor:
-        return torch.as_tensor(sigma)
+        """``D(x, sigma)`` as :class:`SkipTunablePrecond`, with ``u(sigma)`` when ``return_logvar``."""
+        d_x = super().forward(
+            x, sigma, class_labels, force_fp32, backbone_dtype=backbone_dtype, **unet_kwargs
+        )
+        if not return_logvar:
+            return d_x
+        c_noise = as_sigma(sigma, x).flatten().log() / 4
+        return d_x, self.logvar_linear(self.logvar_fourier(c_noise)).reshape(-1, 1, 1, 1)

@@ -1,11 +1,12 @@
 """EDM's variance-preserving (``VPPrecond``) and variance-exploding (``VEPrecond``) preconditioning.
 
-These wrap the same skip-tunable backbones as :class:`~skiptune.nets.edm.EDMPrecond`, so EDM's
-``baseline-*-vp.pkl`` / ``baseline-*-ve.pkl`` pickles load. Constructor keywords, defaults, attributes
-(``sigma_min`` / ``sigma_max`` as EDM computes them) and ``state_dict`` keys match NVlabs/edm
-``training/networks.py``. Skip-Tuning works as in ``EDMPrecond``: a non-persistent ``skip_window``
-buffer ``[lo, hi]`` selects the samples (by sigma) whose skips get the backbone's coefficients, and
-``init_kwargs`` records the constructor arguments for ``save_checkpoint``.
+These wrap the same skip-tunable backbones as :class:`~skiptune.nets.edm.EDMPrecond` (all three subclass
+:class:`~skiptune.nets.base.SkipTunablePrecond`), so EDM's ``baseline-*-vp.pkl`` / ``baseline-*-ve.pkl``
+pickles load. Constructor keywords, defaults, attributes (``sigma_min`` / ``sigma_max`` as EDM computes
+them) and ``state_dict`` keys match NVlabs/edm ``training/networks.py``. Skip-Tuning works as in
+``EDMPrecond``: a non-persistent ``skip_window`` buffer ``[lo, hi]`` selects the samples (by sigma) whose
+skips get the backbone's coefficients, and ``init_kwargs`` records the constructor arguments for
+``save_checkpoint``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from skiptune.nets.edm import SkipTunablePrecond
+from skiptune.nets.base import Coefficients, SkipTunablePrecond
 
 __all__ = ["VEPrecond", "VPPrecond"]
 
@@ -70,9 +71,7 @@ class VPPrecond(SkipTunablePrecond):
         root = (self.beta_min**2 + 2 * self.beta_d * (1 + sigma**2).log()).sqrt()
         return (root - self.beta_min) / self.beta_d
 
-    def _coefficients(
-        self, sigma: torch.Tensor
-    ) -> tuple[float | torch.Tensor, torch.Tensor, float | torch.Tensor, torch.Tensor]:
+    def _coefficients(self, sigma: torch.Tensor) -> Coefficients:
         c_in = 1 / (sigma**2 + 1).sqrt()
         return 1, -sigma, c_in, (self.M - 1) * self.sigma_inv(sigma)
 
@@ -104,7 +103,5 @@ class VEPrecond(SkipTunablePrecond):
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
 
-    def _coefficients(
-        self, sigma: torch.Tensor
-    ) -> tuple[float | torch.Tensor, torch.Tensor, float | torch.Tensor, torch.Tensor]:
+    def _coefficients(self, sigma: torch.Tensor) -> Coefficients:
         return 1, sigma, 1, (0.5 * sigma).log()

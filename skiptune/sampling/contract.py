@@ -34,12 +34,13 @@ class Denoiser(Protocol):
 # What the public functions accept: a Denoiser, or any nn.Module that follows the contract at run time
 # (mypy cannot see a Module's attributes as ints, so the Protocol alone would reject real networks).
 DenoiserLike = Denoiser | torch.nn.Module
+# The attributes the contract requires (wrappers such as the fast path copy them from the net).
+CONTRACT_ATTRIBUTES = ("img_resolution", "img_channels", "label_dim", "sigma_min", "sigma_max")
 
 
 def as_denoiser(net: DenoiserLike) -> Denoiser:
     """``net`` typed as a :class:`Denoiser`, after checking the contract's attributes exist."""
-    missing = [a for a in ("img_resolution", "img_channels", "label_dim", "sigma_min", "sigma_max")
-               if not hasattr(net, a)]  # fmt: skip
+    missing = [a for a in CONTRACT_ATTRIBUTES if not hasattr(net, a)]
     if missing or not callable(net):
         raise SkiptuneError(
             f"{type(net).__name__} is not a denoiser: missing {', '.join(missing) or '__call__'}; expected "

@@ -80,7 +80,7 @@ def run_worker(
     """Evaluate trials until the selected studies' budgets are met (or ``max_trials`` were run).
 
     ``precision="auto"`` runs the fast path on CUDA (bf16 + channels_last + torch.compile, see
-    ``skiptune.fast``) and plain fp32 elsewhere; ``"fp32"`` forces the plain network.
+    ``skiptune.nets.fast``) and plain fp32 elsewhere; ``"fp32"`` forces the plain network.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():
@@ -282,7 +282,7 @@ class _Loop:
 def _fast_net(net: torch.nn.Module, device: torch.device, precision: str) -> tuple[torch.nn.Module, str]:
     """The network as the worker samples with it (the fast path on CUDA unless told otherwise), and
     the precision it runs in, recorded with every trial."""
-    from skiptune.fast import FP32, FastPath, default_fast_path, prepare_with
+    from skiptune.nets.fast import FP32, FastPath, default_fast_path, prepare_with
 
     if precision == "auto":
         settings = default_fast_path(device)

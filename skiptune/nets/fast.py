@@ -7,9 +7,10 @@
 The wrapper keeps the denoiser contract ``D(x, sigma, class_labels=None)`` with float32 in and float32
 out, so every sampler works unchanged. What makes it fast (see docs/performance.md for measurements):
 
-- Our EDM nets (``EDMPrecond``) run their backbone natively in bf16/fp16, EDM's own ``use_fp16``
-  mechanism (every layer casts its weights to the input's dtype) with bf16 allowed; the tiny
-  embedding MLP and the preconditioning stay float32. Other denoisers run under autocast.
+- Networks on ``skiptune.nets.base`` (EDM, VP/VE, EDM2) run their backbone natively in the dtypes they
+  list in ``native_dtypes`` (bf16/fp16): EDM's own ``use_fp16`` mechanism (every layer casts its
+  weights to the input's dtype) with bf16 allowed; the tiny embedding MLP and the preconditioning
+  stay float32. Other denoisers (the diffusers wrapper, user networks) run under autocast.
 - channels_last activations and 4-D weights (the layout cuDNN's and Inductor's convolutions prefer).
 - Group norm + bias + embedding modulation + SiLU as one custom op of Triton kernels
   (``skiptune.nets.fused_norm``); ``torch.compile`` fuses the remaining elementwise work and casts;
@@ -28,12 +29,12 @@ from typing import Any, Literal, cast
 import torch
 
 from skiptune.errors import SkiptuneError
-from skiptune.nets.edm import EDMPrecond
+from skiptune.nets.base import supports_sigma_window
 from skiptune.nets.layers import GroupNorm
+from skiptune.sampling.contract import CONTRACT_ATTRIBUTES, as_denoiser
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_CONTRACT = ("img_resolution", "img_channels", "label_dim", "sigma_min", "sigma_max")
 _OPTIONAL = ("sigma_data", "use_fp16")
 
 
@@ -82,25 +83,21 @@ def default_fast_path(device: torch.device | str) -> FastPath:
 class FastDenoiser(torch.nn.Module):
     """A denoiser run by a :class:`FastPath`; ``.net`` is the wrapped network (parameters shared).
 
-    ``model`` and ``skip_window`` are the wrapped ``EDMPrecond``'s, so ``skiptune.skips`` finds the
-    skip buffers through the wrapper exactly as through the net itself.
+    ``model``, ``skip_window`` and ``supports_sigma_window`` are the wrapped network's, so
+    ``skiptune.skips`` finds the skip buffers through the wrapper exactly as through the net itself.
     """
 
     def __init__(self, net: torch.nn.Module, settings: FastPath, *, backend: Any = "inductor") -> None:
         super().__init__()
-        missing = [a for a in _CONTRACT if not hasattr(net, a)]
-        if missing:
-            raise SkiptuneError(
-                f"{type(net).__name__} is not a denoiser: missing {', '.join(missing)}; expected "
-                "D(x, sigma, class_labels) with img_resolution, img_channels, label_dim, sigma_min, sigma_max"
-            )
+        as_denoiser(net)
         self.net = net
         self.settings = settings
-        for name in _CONTRACT + _OPTIONAL:
+        for name in CONTRACT_ATTRIBUTES + _OPTIONAL:
             if hasattr(net, name):
                 setattr(self, name, getattr(net, name))
         self.dtype = PRECISIONS[settings.precision]
-        self._native = isinstance(net, EDMPrecond) and settings.precision != "fp32"
+        # The network says which dtypes its backbone runs in natively (forward's backbone_dtype).
+        self._native = self.dtype != torch.float32 and self.dtype in getattr(net, "native_dtypes", ())
         self._max_batch = 0
         self._run: Any = self._forward_impl
         if settings.compile:
@@ -123,6 +120,10 @@ class FastDenoiser(torch.nn.Module):
         if not isinstance(window, torch.Tensor):
             raise AttributeError(f"{type(self.net).__name__} has no skip_window buffer")
         return window
+
+    @property
+    def supports_sigma_window(self) -> bool:
+        return supports_sigma_window(self.net)
 
     def round_sigma(self, sigma: torch.Tensor | float) -> torch.Tensor:
         fn = getattr(self.net, "round_sigma", None)
