@@ -94,7 +94,7 @@ def main() -> None:
     device = resolve_device(args.device)
     net = load_model("demo", device=device).net
     if args.fast:
-        from skiptune.fast import prepare_denoiser
+        from skiptune.nets.fast import prepare_denoiser
 
         net = prepare_denoiser(net)
     extractor = create_extractor("fmnist-classifier", device=device)

@@ -15,6 +15,7 @@ import torch
 
 from skiptune.bundled import NAMED_REFERENCES
 from skiptune.errors import SkiptuneError
+from skiptune.nets.base import supports_sigma_window
 from skiptune.nets.registry import LoadedModel
 from skiptune.objectives.features import create_extractor
 from skiptune.objectives.fid import FDObjective
@@ -41,6 +42,11 @@ def study_specs(
     search: str = "tpe",
 ) -> list[StudySpec]:
     """One spec per NFE; builds each objective once (on the CPU) to validate it."""
+    if space is not None and space.sigma_window is not None and not supports_sigma_window(loaded.net):
+        raise SkiptuneError(
+            f"model {loaded.name!r} ({type(loaded.net).__name__}) cannot restrict Skip-Tuning to a sigma "
+            "window; drop --sigma-window-range (windows work on EDM/EDM2/VP/VE networks)"
+        )
     settings = SAMPLERS.get(sampler).settings_from_dict(sampler_settings or {})
     feature_extractor = create_extractor(extractor, device="cpu")
     reference = load_reference(reference_path)
