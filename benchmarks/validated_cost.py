@@ -85,6 +85,7 @@ def main() -> None:
         "baseline": list(objective.evaluate(SkipSchedule()))[-1][1],
     }
     spent = samples_spent(exp)
+    recommended = measured["recommended"]
     result = {
         "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
         "study": study.name,
@@ -93,8 +94,8 @@ def main() -> None:
         "fraction_of_grid": spent["total"] / args.grid_samples,
         "measured_on_grid_seeds": measured,
         "grid_value_recorded": args.grid_value,
-        "within_one_se_of_grid_best_recorded": measured["recommended"] <= args.grid_value + args.grid_se,
-        "within_one_se_of_grid_best_same_run": measured["recommended"] <= measured["grid_best"] + args.grid_se,
+        "within_one_se_of_grid_best_recorded": recommended <= args.grid_value + args.grid_se,
+        "within_one_se_of_grid_best_same_run": recommended <= measured["grid_best"] + args.grid_se,
     }
     print(json.dumps(result, indent=2, default=str))
     args.out.write_text(json.dumps(result, indent=2, default=str))

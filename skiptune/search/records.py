@@ -90,5 +90,6 @@ def pop_waiting(study: optuna.Study) -> optuna.Trial | None:
 
 
 def fixed_params(frozen: FrozenTrial) -> dict[str, Any]:
-    """The params a trial evaluates: those suggested so far, else those it was enqueued with."""
-    return dict(frozen.params) or dict(frozen.system_attrs.get("fixed_params", {}))
+    """The params a trial evaluates: those it was enqueued with (complete from the start), else those
+    suggested so far (a worker records them one at a time, so they may still be partial)."""
+    return dict(frozen.system_attrs.get("fixed_params") or {}) or dict(frozen.params)
