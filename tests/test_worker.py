@@ -200,7 +200,8 @@ def test_failed_evaluation_is_recorded_and_the_worker_goes_on(
     search_assets: SearchAssets, tmp_path: Path
 ) -> None:
     url = f"sqlite:///{tmp_path / 'studies.db'}"
-    assert cli(search_assets.study_args(nfes="2", trials=3, storage=url)) == 0
+    # No validation stage: the stand-in objective evaluates search trials only.
+    assert cli([*search_assets.study_args(nfes="2", trials=3, storage=url), "--no-validate"]) == 0
     calls: list[str] = []
     summary = run_worker(
         url, model=str(search_assets.model), device="cpu", batch_size=16, heartbeat=None, grace=None,
