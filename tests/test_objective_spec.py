@@ -1,5 +1,5 @@
 """ObjectiveSpec: one rung rule, stored arguments round trip, and the frozen identity wire format
-(studies in docs/results/results.db are found by specs built today)."""
+(studies in docs/results/wave1/results.db are found by specs built today)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from skiptune.search.pruning import RungPruner
 from skiptune.search.space import SearchSpace
 from skiptune.search.study import StudySpec
 
-RESULTS_DB = Path(__file__).resolve().parents[1] / "docs" / "results" / "results.db"
+RESULTS_DB = Path(__file__).resolve().parents[1] / "docs" / "results" / "wave1" / "results.db"
 SPEC = make_spec().objective  # tiny, 6 features, /r.npz, sha256 a..a, 16 samples, rungs 8,16
 
 
