@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from skiptune.cli.common import add_json, add_storage, print_json, storage_url
-from skiptune.sampling import SAMPLERS
+from skiptune.cli.common import add_json, add_storage, add_study_selector, print_json, storage_url
 from skiptune.search.query import BestCoefficients, best_coefficients
 from skiptune.storage import open_storage
 
@@ -22,12 +21,7 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model name (as given to `study create`)")
-    parser.add_argument("--nfe", required=True, type=int, help="number of function evaluations")
-    parser.add_argument(
-        "--sampler", default="heun", choices=SAMPLERS.names(), help="sampler (default: %(default)s)"
-    )
-    parser.add_argument("--study", default=None, metavar="NAME", help="study name, when several match")
+    add_study_selector(parser)
     add_storage(parser)
     add_json(parser)
 

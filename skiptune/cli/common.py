@@ -24,6 +24,18 @@ def add_storage(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_study_selector(parser: argparse.ArgumentParser) -> None:
+    """--model, --nfe, --sampler and --study: which study's answer a query verb reads."""
+    from skiptune.sampling.registry import SAMPLERS
+
+    parser.add_argument("--model", required=True, help="model name (as given to `study create`)")
+    parser.add_argument("--nfe", required=True, type=int, help="number of function evaluations")
+    parser.add_argument(
+        "--sampler", default="heun", choices=SAMPLERS.names(), help="sampler (default: %(default)s)"
+    )
+    parser.add_argument("--study", default=None, metavar="NAME", help="study name, when several match")
+
+
 def storage_url(args: argparse.Namespace) -> str:
     """The storage URL: --storage, else $SKIPTUNE_STORAGE, else the embedded SQLite file."""
     return args.storage or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE

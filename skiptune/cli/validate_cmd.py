@@ -7,13 +7,13 @@ import argparse
 from skiptune.cli.common import (
     add_json,
     add_storage,
+    add_study_selector,
     add_validation_options,
     print_json,
     storage_url,
     validation_settings,
 )
 from skiptune.errors import SkiptuneError
-from skiptune.sampling import SAMPLERS
 from skiptune.storage import open_storage
 
 HELP = "validate a study's best pairs on held-out seeds (jobs for the workers)"
@@ -34,12 +34,7 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model name (as given to `study create`)")
-    parser.add_argument("--nfe", required=True, type=int, help="number of function evaluations")
-    parser.add_argument(
-        "--sampler", default="heun", choices=SAMPLERS.names(), help="sampler name (default: %(default)s)"
-    )
-    parser.add_argument("--study", default=None, metavar="NAME", help="study name, when several match")
+    add_study_selector(parser)
     add_validation_options(parser)
     add_storage(parser)
     add_json(parser)
