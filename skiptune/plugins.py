@@ -44,32 +44,41 @@ ENTRY_POINT_GROUP = "skiptune.plugins"
 # loaded first, whatever the installed metadata says: the general-purpose extractors, then the demo
 BUILTIN_PLUGINS = ("skiptune.objectives.features:register_extractors", "skiptune.demo:register")
 
-_lock = threading.RLock()
-_loaded = False
+_lock = threading.RLock()  # re-entrant: a plugin's own lookups happen in the loading thread
+_state = "new"  # -> "loading" -> "done"
 
 
 def load_plugins() -> None:
-    """Run every plugin's ``register()`` once: the built-in ones, then the entry points' (idempotent)."""
-    global _loaded
-    if _loaded:
+    """Run every plugin's ``register()`` once: the built-in ones, then the entry points' (idempotent).
+
+    Other threads wait until loading is done; the loading thread's own lookups return at once.
+    """
+    global _state
+    if _state == "done":
         return
     with _lock:
-        if _loaded:
+        if _state != "new":  # done meanwhile, or a lookup made by a plugin while it registers
             return
-        _loaded = True  # first: a plugin's own lookups must not load the plugins again
-        for spec in BUILTIN_PLUGINS:
-            _resolve(spec)()
-        for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if entry.value in BUILTIN_PLUGINS:
-                continue
-            try:
-                entry.load()()
-            except Exception as exc:
-                warnings.warn(
-                    f"skiptune plugin {entry.name!r} ({entry.value}) failed to load ({exc!r}); "
-                    "the names it registers are unavailable",
-                    stacklevel=2,
-                )
+        _state = "loading"
+        try:
+            for spec in BUILTIN_PLUGINS:
+                _resolve(spec)()
+            for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+                if entry.value not in BUILTIN_PLUGINS:
+                    _load_entry_point(entry)
+        finally:
+            _state = "done"
+
+
+def _load_entry_point(entry: metadata.EntryPoint) -> None:
+    try:
+        entry.load()()
+    except Exception as exc:
+        warnings.warn(
+            f"skiptune plugin {entry.name!r} ({entry.value}) failed to load ({exc!r}); "
+            "the names it registers are unavailable",
+            stacklevel=3,
+        )
 
 
 def _resolve(spec: str) -> Callable[[], None]:
