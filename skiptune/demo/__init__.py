@@ -40,9 +40,9 @@ def register() -> None:
     """The demo's entry point in the ``skiptune.plugins`` group."""
     from skiptune import plugins
 
-    plugins.MODELS.register(DEMO_MODEL, _demo_model)
-    plugins.EXTRACTORS.register(DEMO_EXTRACTOR, _fmnist_classifier)
-    plugins.REFERENCES.register(DEMO_REFERENCE, lambda: DEMO_REFERENCE_PATH)
+    plugins.MODELS.register(DEMO_MODEL, _demo_model)  # a getter whose error says how to get the file
+    plugins.register_extractor(DEMO_EXTRACTOR, _fmnist_classifier)
+    plugins.register_reference(DEMO_REFERENCE, DEMO_REFERENCE_PATH)
     plugins.register_image_source(FMNIST_SOURCE, _open_fmnist, usage="fmnist:train|fmnist:test")
 
 
