@@ -6,7 +6,7 @@
 # Env (defaults): DATA (.data/fashion-mnist, else the Debian location), DEVICE (cuda), CLS_EPOCHS (15),
 # DIFFUSION_SECONDS (420: the denoiser's training-time budget), EVAL_SAMPLES (10000), SEED (0),
 # PYTHON (python3), and CLASSIFIER / REFERENCE / INIT + RESUME_IMAGES to reuse or continue earlier assets.
-# Only `python -m skiptune.training` is used; the statistics steps import torch-fidelity (through
+# Only `python -m skiptune.demo.training` is used; the statistics steps import torch-fidelity (through
 # skiptune.objectives.frechet) and may fail where it is missing without losing the trained weights.
 set -uo pipefail
 OUTDIR=${1:?usage: scripts/gpu_train.sh OUTDIR}
@@ -24,7 +24,7 @@ RESUME_IMAGES=${RESUME_IMAGES:-0}   # ... which have seen this many training ima
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUTDIR"
-T="$PY -m skiptune.training"
+T="$PY -m skiptune.demo.training"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 if [ -n "$CLASSIFIER" ]; then cp "$CLASSIFIER" "$OUTDIR/fmnist-classifier.pt"; else

@@ -1,7 +1,8 @@
 """One small generic registry: named things, validated on registration and lookup.
 
 Used for samplers, feature extractors, backbones, skip adapters and named models, so the CLI can
-take its choices from the registry instead of if/elif chains.
+take its choices from the registry instead of if/elif chains. A registry given a ``loader`` calls it
+before its first lookup (``skiptune.plugins`` loads the plugins that fill its registries that way).
 """
 
 from __future__ import annotations
@@ -17,9 +18,14 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A mapping from names to objects of one kind, with clear errors for unknown names."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, loader: Callable[[], None] | None = None) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._loader = loader  # called before every lookup; it must be cheap after its first call
+
+    def _load(self) -> None:
+        if self._loader is not None:
+            self._loader()
 
     def register(self, name: str, item: T, *, replace: bool = False) -> T:
         if not name or name != name.strip():
@@ -38,6 +44,7 @@ class Registry(Generic[T]):
         return wrap
 
     def get(self, name: str) -> T:
+        self._load()
         try:
             return self._items[name]
         except KeyError:
@@ -45,13 +52,16 @@ class Registry(Generic[T]):
             raise SkiptuneError(f"unknown {self.kind} {name!r}; expected one of: {choices}") from None
 
     def names(self) -> list[str]:
+        self._load()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
+        self._load()
         return len(self._items)

@@ -6,15 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from skiptune.errors import SkiptuneError
-from skiptune.objectives.classifier import (
+from skiptune.demo.classifier import (
     ClassifierExtractor,
     FashionClassifier,
     load_classifier,
     load_demo_extractor,
     save_classifier,
 )
-from skiptune.objectives.data import fmnist_root
+from skiptune.demo.data import fmnist_root
+from skiptune.errors import SkiptuneError
 
 
 def _dataset_present() -> bool:
@@ -43,8 +43,8 @@ def _images(n: int, *, c: int = 1, size: int = 32, seed: int = 1) -> torch.Tenso
     not _dataset_present(), reason="Fashion-MNIST test files absent (apt install dataset-fashion-mnist)"
 )
 def test_shipped_classifier_reaches_92_percent_on_the_test_set() -> None:
-    from skiptune.training.classifier import accuracy
-    from skiptune.training.data import load_padded
+    from skiptune.demo.training.classifier import accuracy
+    from skiptune.demo.training.data import load_padded
 
     images, labels = load_padded("test")
     extractor = load_demo_extractor("cpu")
@@ -53,7 +53,7 @@ def test_shipped_classifier_reaches_92_percent_on_the_test_set() -> None:
 
 
 def test_shipped_reference_stats_match_the_shipped_extractor() -> None:
-    from skiptune.bundled import DEMO_REFERENCE_PATH
+    from skiptune.demo.bundled import DEMO_REFERENCE_PATH
     from skiptune.objectives.reference import load_reference
 
     ref = load_reference(DEMO_REFERENCE_PATH)
@@ -106,7 +106,7 @@ def test_save_load_round_trip_and_missing_file(tmp_path) -> None:
 
 
 def test_classifier_trainer_learns_a_separable_toy_task() -> None:
-    from skiptune.training.classifier import ClassifierTrainConfig, accuracy, train_classifier
+    from skiptune.demo.training.classifier import ClassifierTrainConfig, accuracy, train_classifier
 
     g = torch.Generator().manual_seed(6)
     labels = torch.randint(0, 2, (128,), generator=g)

@@ -11,14 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from skiptune.demo.data import DEFAULT_FMNIST_ROOT, load_fashion_mnist
 from skiptune.errors import SkiptuneError
-from skiptune.objectives.data import (
-    DEFAULT_FMNIST_ROOT,
-    load_fashion_mnist,
-    open_source,
-    pad_to,
-    read_idx,
-)
+from skiptune.objectives.data import open_source, pad_to, read_idx
 
 
 def _write_idx(path: Path, array: np.ndarray, *, magic: bytes | None = None, cut: int = 0) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from skiptune.bundled import DEMO_CLASSIFIER_PATH, DEMO_MODEL_PATH, DEMO_REFERENCE_PATH
+from skiptune.demo.bundled import DEMO_CLASSIFIER_PATH, DEMO_MODEL_PATH, DEMO_REFERENCE_PATH
 
 
 @pytest.mark.slow

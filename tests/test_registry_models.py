@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import TINY_SONG, tiny_precond
 
-from skiptune.bundled import ASSETS
+from skiptune.demo.bundled import ASSETS
 from skiptune.errors import SkiptuneError
 from skiptune.nets.checkpoints import save_checkpoint
 from skiptune.nets.registry import MODELS, fingerprint, load_model, register_model, resolve_model

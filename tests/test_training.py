@@ -10,17 +10,17 @@ import pytest
 import torch
 from torch import nn
 
-from skiptune.training.classifier import random_shift
-from skiptune.training.data import random_xflip, to_unit_range
-from skiptune.training.diffusion import (
+from skiptune.demo.training.classifier import random_shift
+from skiptune.demo.training.data import random_xflip, to_unit_range
+from skiptune.demo.training.diffusion import (
     DiffusionTrainConfig,
     UNetConfig,
     build_net,
     save_ema_checkpoint,
     train_diffusion,
 )
-from skiptune.training.edm_loss import EDMLoss
-from skiptune.training.ema import ema_beta, ema_update
+from skiptune.demo.training.edm_loss import EDMLoss
+from skiptune.demo.training.ema import ema_beta, ema_update
 
 TINY = UNetConfig(model_channels=8, channel_mult=(1, 1), num_blocks=1, attn_resolutions=(), dropout=0.0)
 
@@ -159,8 +159,10 @@ def test_fp16_checkpoint_round_trip(tmp_path) -> None:
 def test_training_entry_point_imports_no_service_dependencies() -> None:
     code = (
         "import sys\n"
-        "import skiptune.training.__main__, skiptune.training.commands, skiptune.training.diffusion\n"
-        "import skiptune.training.classifier, skiptune.training.reference_stats, skiptune.training.evaluate\n"
+        "import skiptune.demo.training.__main__, skiptune.demo.training.commands\n"
+        "import skiptune.demo.training.diffusion, skiptune.demo.training.classifier\n"
+        "import skiptune.demo.training.reference_stats, skiptune.demo.training.evaluate\n"
+        "import skiptune.demo.training.options, skiptune.cli.train_cmd\n"
         "bad = [m for m in ('optuna', 'sqlalchemy', 'torch_fidelity', 'torchvision') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

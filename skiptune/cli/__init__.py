@@ -1,11 +1,14 @@
-"""The ``skiptune`` command: one verb per task.
+"""The ``skiptune`` command: one verb per task, and only the verb that runs is imported.
 
-Each verb lives in its own module ``skiptune/cli/<verb>.py`` exposing
+Each verb lives in its own module ``skiptune/cli/<verb>_cmd.py`` exposing
 
-    HELP: str                                    one line for ``skiptune --help``
+    HELP: str                                    one line (the same as its summary in VERBS below)
     def add_arguments(parser) -> None            its options (kebab-case, defaults shown)
     def run(args) -> int                         the work; returns the exit code
+    USES_OPTUNA: bool = True                     False: nothing it runs imports Optuna
 
+``skiptune --help`` lists VERBS without importing any of them, and ``skiptune VERB ...`` imports only
+that verb's module, so ``skiptune train`` runs on a machine without Optuna or SQLAlchemy.
 A :class:`~skiptune.errors.SkiptuneError` becomes one line on stderr and exit code 2.
 """
 
@@ -13,69 +16,91 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
+from types import ModuleType
+from typing import NamedTuple
 
 from skiptune.errors import SkiptuneError
 
-# verb -> module under skiptune.cli (module names avoid clashing with Python keywords/builtins)
-VERBS: dict[str, str] = {
-    "study": "study_cmd",
-    "worker": "worker_cmd",
-    "validate": "validate_cmd",
-    "best": "best_cmd",
-    "table": "table_cmd",
-    "sample": "sample_cmd",
-    "report": "report_cmd",
-    "eval": "eval_cmd",
-    "stats": "stats_cmd",
-    "train": "train_cmd",
-    "demo": "demo_cmd",
-    "proxy": "proxy_cmd",
+
+class Verb(NamedTuple):
+    module: str  # under skiptune.cli (names avoid clashing with Python keywords/builtins)
+    summary: str  # the verb module's HELP, here so that the index imports no verb
+
+
+VERBS: dict[str, Verb] = {
+    "study": Verb("study_cmd", "create studies (one per NFE) or list them"),
+    "worker": Verb("worker_cmd", "run a worker (one process per GPU with --devices) on a model's studies"),
+    "validate": Verb(
+        "validate_cmd", "validate a study's best pairs on held-out seeds (jobs for the workers)"
+    ),
+    "best": Verb("best_cmd", "print the best skip coefficients found for a model x sampler x NFE"),
+    "table": Verb("table_cmd", "table of best vs baseline distance per sampler and NFE for a model"),
+    "sample": Verb("sample_cmd", "generate images with untuned, given or tuned skip coefficients"),
+    "report": Verb("report_cmd", "write PNG plots (distance vs NFE, trials per study) for a model"),
+    "eval": Verb(
+        "eval_cmd", "evaluate one (rho_bottom, rho_top) setting: Fréchet distance per sample-count rung"
+    ),
+    "stats": Verb("stats_cmd", "compute reference statistics of real images for a feature extractor"),
+    "train": Verb(
+        "train_cmd", "train the demo diffusion model, the demo classifier or reference statistics"
+    ),
+    "demo": Verb(
+        "demo_cmd", "run the whole service on the bundled demo model (SQLite, local workers, CPU)"
+    ),
+    "proxy": Verb(
+        "proxy_cmd", "run Optuna's gRPC storage proxy in front of a database (needs the `grpc` extra)"
+    ),
 }
 
 
-def _available_verbs() -> dict[str, object]:
-    modules: dict[str, object] = {}
-    for verb, module in VERBS.items():
-        try:
-            modules[verb] = importlib.import_module(f"skiptune.cli.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"skiptune.cli.{module}":
-                raise
-    return modules
+def _present(verb: str) -> bool:
+    """Whether the verb's module exists (found without importing it)."""
+    return importlib.util.find_spec(f"skiptune.cli.{VERBS[verb].module}") is not None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def verb_module(verb: str) -> ModuleType:
+    return importlib.import_module(f"skiptune.cli.{VERBS[verb].module}")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only``, the options of that verb alone are defined (and only it imported)."""
     parser = argparse.ArgumentParser(
         prog="skiptune",
         description="Search Skip-Tuning coefficients (rho_bottom, rho_top) of diffusion UNets.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    for verb, module in _available_verbs().items():
-        p = sub.add_parser(
-            verb,
-            help=getattr(module, "HELP", ""),
-            description=getattr(module, "DESCRIPTION", getattr(module, "HELP", "")),
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        module.add_arguments(p)  # type: ignore[attr-defined]
-        p.set_defaults(_run=module.run)  # type: ignore[attr-defined]
+    for verb, (_, summary) in VERBS.items():
+        if not _present(verb):
+            continue
+        p = sub.add_parser(verb, help=summary, formatter_class=argparse.RawDescriptionHelpFormatter)
+        if only is None or verb == only:
+            module = verb_module(verb)
+            p.description = getattr(module, "DESCRIPTION", getattr(module, "HELP", summary))
+            module.add_arguments(p)  # type: ignore[attr-defined]
+            uses_optuna = getattr(module, "USES_OPTUNA", True)
+            p.set_defaults(_run=module.run, _uses_optuna=uses_optuna)  # type: ignore[attr-defined]
     return parser
 
 
 def _quiet_optuna() -> None:
     """Optuna logs every study creation at INFO; the verbs print what matters themselves."""
-    import optuna
-
+    try:
+        import optuna
+    except ImportError:  # the verb that needs it says so when it imports it
+        return
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _quiet_optuna()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = argv[0] if argv and argv[0] in VERBS else ""  # "": --help or a bad verb, imports none
+    args = build_parser(chosen).parse_args(argv)
+    if args._uses_optuna:
+        _quiet_optuna()
     try:
         return int(args._run(args) or 0)
     except SkiptuneError as exc:

@@ -41,6 +41,34 @@ def storage_url(args: argparse.Namespace) -> str:
     return args.storage or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
 
 
+def model_help() -> str:
+    """``--model``'s help: the registered names (skiptune.plugins.MODELS) or a path."""
+    from skiptune.plugins import MODELS
+
+    return f"registered model ({', '.join(MODELS.names()) or 'none'}) or checkpoint path"
+
+
+def extractor_help() -> str:
+    """``--extractor``'s help: the registered extractors (skiptune.plugins.EXTRACTORS)."""
+    from skiptune.objectives.features import extractor_choices
+
+    return f"one of: {', '.join(extractor_choices())}"
+
+
+def reference_help() -> str:
+    """``--reference``'s help: the registered names (skiptune.plugins.REFERENCES) or a path."""
+    from skiptune.plugins import REFERENCES
+
+    return f"registered reference ({', '.join(REFERENCES.names()) or 'none'}) or statistics file (.npz/.pt)"
+
+
+def source_help() -> str:
+    """``--source``'s help: the registered image sources and the file forms."""
+    from skiptune.objectives.data import source_usages
+
+    return "|".join(source_usages())
+
+
 def add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
 

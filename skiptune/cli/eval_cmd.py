@@ -11,7 +11,7 @@ distance to the reference statistics at every rung (the numbers a study records 
 
 examples:
   skiptune eval --model demo --nfe 9 --rho 0.7 1.0 --extractor fmnist-classifier \\
-      --reference skiptune/assets/fmnist-train-stats.npz --n-samples 2000 --rungs 500,2000
+      --reference skiptune/demo/assets/fmnist-train-stats.npz --n-samples 2000 --rungs 500,2000
   skiptune eval --model edm-cifar10-32x32-uncond-vp.pkl --nfe 9 --sampler heun --rho 0.8 1.05 \\
       --sigma-window 0.2 80 --extractor inception-v3-compat --reference cifar10-32x32.npz \\
       --n-samples 10000 --rungs 2000,10000 --batch-size 512 --device cuda --json
@@ -19,13 +19,13 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from skiptune.cli.common import add_json
+    from skiptune.cli.common import add_json, model_help, reference_help
     from skiptune.cli.stats_cmd import add_extractor_weights
     from skiptune.objectives.features import extractor_choices
     from skiptune.sampling import SAMPLERS
 
     parser.add_argument(
-        "--model", required=True, metavar="M", help="registered model name or checkpoint path"
+        "--model", required=True, metavar="M", help=model_help()
     )
     parser.add_argument("--nfe", type=int, required=True, help="network evaluations per sample")
     parser.add_argument(
@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_extractor_weights(parser)
     parser.add_argument(
-        "--reference", required=True, metavar="PATH", help="reference statistics (.npz or .pt)"
+        "--reference", required=True, metavar="PATH", help=reference_help()
     )
     parser.add_argument(
         "--n-samples", type=int, default=10000, help="images to sample (default: %(default)s)"

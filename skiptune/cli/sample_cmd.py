@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from skiptune.cli.common import add_storage, parse_float_pair, parse_int_list, storage_url
+from skiptune.cli.common import add_storage, model_help, parse_float_pair, parse_int_list, storage_url
 from skiptune.errors import SkiptuneError
 from skiptune.sampling import SAMPLERS, generate_images
 
@@ -27,7 +27,7 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="registered model name or checkpoint path")
+    parser.add_argument("--model", required=True, help=model_help())
     parser.add_argument("--nfe", required=True, type=int, help="number of function evaluations")
     parser.add_argument(
         "--sampler", default="heun", choices=SAMPLERS.names(), help="sampler (default: %(default)s)"

@@ -22,11 +22,11 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from skiptune.cli.common import add_json
+    from skiptune.cli.common import add_json, source_help
     from skiptune.objectives.features import extractor_choices
 
     parser.add_argument(
-        "--source", required=True, metavar="SRC", help="fmnist:train|fmnist:test|FOLDER|FILE.npz|IDX"
+        "--source", required=True, metavar="SRC", help=source_help()
     )
     parser.add_argument(
         "--extractor", required=True, metavar="NAME", help=f"one of: {', '.join(extractor_choices())}"

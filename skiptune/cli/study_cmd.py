@@ -10,9 +10,12 @@ from skiptune.cli.common import (
     add_json,
     add_storage,
     add_validation_options,
+    extractor_help,
+    model_help,
     parse_float_pair,
     parse_int_list,
     print_json,
+    reference_help,
     storage_url,
     validation_settings,
 )
@@ -54,13 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    create.add_argument("--model", required=True, help="registered model name or checkpoint path")
+    create.add_argument("--model", required=True, help=model_help())
     create.add_argument(
         "--sampler", default="heun", choices=SAMPLERS.names(), help="sampler (default: %(default)s)"
     )
     create.add_argument("--nfe", required=True, help="NFE list, e.g. 5,9,19")
-    create.add_argument("--extractor", required=True, help="feature extractor name (or torchscript:PATH)")
-    create.add_argument("--reference", required=True, metavar="PATH", help="reference statistics file")
+    create.add_argument("--extractor", required=True, help=extractor_help())
+    create.add_argument("--reference", required=True, metavar="PATH", help=reference_help())
     create.add_argument(
         "--n-samples", type=int, default=10000, help="samples per full evaluation (default: %(default)s)"
     )

@@ -1,133 +1,20 @@
 """``skiptune train``: train the bundled demo model, its feature extractor and reference statistics.
 
-Also runnable as ``python -m skiptune.training ...``; nothing here imports Optuna, SQLAlchemy or
-torch-fidelity at start-up (GPU machines may lack them), only the step that needs them does.
+The options and the work live with the demo (``skiptune.demo.training.options``), which is also runnable
+as ``python -m skiptune.demo.training ...``; nothing here imports Optuna, SQLAlchemy or torch-fidelity at
+start-up (GPU machines may lack them), only the step that needs them does.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
-from typing import Any
 
-from skiptune.errors import SkiptuneError
+from skiptune.demo.training.options import DESCRIPTION, HELP, add_arguments, run_from_args
 
-HELP = "train the demo diffusion model, the demo classifier or reference statistics"
-DESCRIPTION = """\
-Train the bundled demo assets on Fashion-MNIST (padded to 32x32).
+__all__ = ["DESCRIPTION", "HELP", "USES_OPTUNA", "add_arguments", "run"]
 
-examples:
-  skiptune train classifier --out skiptune/assets/fmnist-classifier.pt --epochs 15
-  skiptune train diffusion --out skiptune/assets/fmnist-edm.pt --max-seconds 450 --batch-size 512
-  skiptune train reference-stats --out skiptune/assets/fmnist-train-stats.npz
-  skiptune train evaluate --model skiptune/assets/fmnist-edm.pt --nfe 35 --samples 10000
-  python -m skiptune.training diffusion --steps 20 --batch-size 8 --out /tmp/smoke.pt   # CPU smoke run
-
---data is the folder holding the four Fashion-MNIST *-ubyte.gz files (default: $SKIPTUNE_FMNIST_ROOT,
-else /usr/share/datasets/fashion-mnist).
-"""
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=None, metavar="DIR", help="Fashion-MNIST folder (default: see above)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--log-json", default=None, metavar="PATH", help="also write the run's log as JSON here")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from skiptune.sampling import SAMPLERS
-
-    sub = parser.add_subparsers(dest="what", metavar="WHAT", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-
-    d = sub.add_parser("diffusion", help="the demo EDM denoiser (SongUNet)", formatter_class=fmt)
-    _common(d)
-    d.add_argument("--out", required=True, metavar="PATH", help="checkpoint to write (.pt, fp16 EMA weights)")
-    d.add_argument("--steps", type=int, default=200_000, help="optimizer steps (upper bound)")
-    d.add_argument("--max-seconds", type=float, default=None, help="stop after this much training time")
-    d.add_argument("--batch-size", type=int, default=256)
-    d.add_argument("--lr", type=float, default=1e-3)
-    d.add_argument("--lr-warmup-images", type=int, default=200_000)
-    d.add_argument("--ema-halflife-images", type=int, default=500_000)
-    d.add_argument("--model-channels", type=int, default=32)
-    d.add_argument("--channel-mult", default="1,2,2", help="per-resolution channel multipliers")
-    d.add_argument("--num-blocks", type=int, default=1)
-    d.add_argument("--attn-resolutions", default="", help="resolutions with self-attention, e.g. 8")
-    d.add_argument("--dropout", type=float, default=0.1)
-    d.add_argument("--no-xflip", action="store_true", help="disable random horizontal flips")
-    d.add_argument("--log-every", type=int, default=200)
-    d.add_argument("--checkpoint-every-seconds", type=float, default=120.0)
-    d.add_argument(
-        "--init", default=None, metavar="PATH", help="continue from these weights (e.g. an EMA .pt)"
-    )
-    d.add_argument("--resume-images", type=int, default=0, help="images --init has seen (EMA ramp-up)")
-
-    c = sub.add_parser("classifier", help="the fmnist-classifier feature extractor", formatter_class=fmt)
-    _common(c)
-    c.add_argument("--out", required=True, metavar="PATH", help="weights to write (.pt)")
-    c.add_argument("--epochs", type=float, default=15.0)
-    c.add_argument("--batch-size", type=int, default=256)
-    c.add_argument("--lr", type=float, default=3e-3)
-    c.add_argument("--width", type=int, default=32)
-
-    r = sub.add_parser(
-        "reference-stats", help="Fréchet statistics of a split in the classifier space", formatter_class=fmt
-    )
-    _common(r)
-    r.add_argument("--out", required=True, metavar="PATH", help="reference statistics to write (.npz)")
-    r.add_argument("--classifier", default=None, metavar="PATH", help="classifier weights (default: bundled)")
-    r.add_argument("--split", default="train", choices=["train", "test"])
-    r.add_argument("--batch-size", type=int, default=1000)
-
-    e = sub.add_parser(
-        "evaluate",
-        help="classifier accuracy, FD floor and a model's FD at one NFE (JSON)",
-        formatter_class=fmt,
-    )
-    _common(e)
-    e.add_argument("--model", default=None, metavar="PATH", help="denoiser checkpoint (omit: no sampling)")
-    e.add_argument(
-        "--reference", default=None, metavar="PATH", help="training reference stats (default: bundled)"
-    )
-    e.add_argument("--classifier", default=None, metavar="PATH", help="classifier weights (default: bundled)")
-    e.add_argument("--sampler", default="heun", choices=SAMPLERS.names())
-    e.add_argument("--nfe", type=int, default=35)
-    e.add_argument("--samples", type=int, default=10_000)
-    e.add_argument("--batch-size", type=int, default=500)
-
-
-def _write_log(path: str | None, log: dict[str, Any]) -> None:
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(log, indent=2, default=str) + "\n")
-
-
-def _printer(prefix: str):  # type: ignore[no-untyped-def]
-    def emit(entry: dict[str, Any]) -> None:
-        print(
-            f"[{prefix}] "
-            + " ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()),
-            flush=True,
-        )
-
-    return emit
+USES_OPTUNA = False  # runs where Optuna and SQLAlchemy are not installed (GPU training machines)
 
 
 def run(args: argparse.Namespace) -> int:
-    from skiptune.training import commands
-
-    handlers = {
-        "diffusion": commands.run_diffusion,
-        "classifier": commands.run_classifier,
-        "reference-stats": commands.run_reference_stats,
-        "evaluate": commands.run_evaluate,
-    }
-    handler = handlers.get(args.what)
-    if handler is None:
-        raise SkiptuneError(f"unknown training target {args.what!r}; expected one of: {', '.join(handlers)}")
-    log = handler(args, _printer(args.what))
-    _write_log(args.log_json, log)
-    print(json.dumps({k: v for k, v in log.items() if k != "losses"}, indent=2, default=str))
-    return 0
+    return run_from_args(args)

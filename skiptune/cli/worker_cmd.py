@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from skiptune.cli.common import add_storage, parse_int_list, storage_url
+from skiptune.cli.common import add_storage, model_help, parse_int_list, storage_url
 from skiptune.errors import SkiptuneError
 from skiptune.sampling import SAMPLERS
 
@@ -24,7 +24,7 @@ examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="registered model name or checkpoint path")
+    parser.add_argument("--model", required=True, help=model_help())
     parser.add_argument(
         "--sampler", default=None, choices=SAMPLERS.names(), help="only this sampler's studies (default: all)"
     )

@@ -1,37 +1,28 @@
 """Named models and network fingerprints.
 
-``load_model("demo")`` loads the bundled Fashion-MNIST EDM model; ``load_model("path/to/file.pkl")``
-any checkpoint :func:`skiptune.nets.checkpoints.load_checkpoint` reads. A model's fingerprint (a
-sha256 over its state dict) goes into study identities, so two studies can only share trials when
-they tuned the very same weights.
+``load_model(NAME)`` loads a model registered in ``skiptune.plugins.MODELS`` (by ``register_model`` or
+a plugin); ``load_model("path/to/file.pkl")`` any checkpoint
+:func:`skiptune.nets.checkpoints.load_checkpoint` reads. A model's fingerprint (a sha256 over its state
+dict) goes into study identities, so two studies can only share trials when they tuned the very same
+weights.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from skiptune.bundled import DEMO_MODEL_PATH
 from skiptune.errors import SkiptuneError
 from skiptune.nets.checkpoints import load_checkpoint
-from skiptune.registry import Registry
 
 # Model name -> a function giving the checkpoint path (resolved at load time, so a model can be
-# registered before its file exists, e.g. the demo model before training it).
-MODELS: Registry[Callable[[], Path]] = Registry("model")
+# registered before its file exists); the registry and register_model live in skiptune.plugins.
+from skiptune.plugins import MODELS, register_model
 
-
-def register_model(name: str, path: str | Path, *, replace: bool = False) -> None:
-    """Register ``name`` for the checkpoint at ``path`` (file or diffusers folder)."""
-    resolved = Path(path)
-    MODELS.register(name, lambda: resolved, replace=replace)
-
-
-register_model("demo", DEMO_MODEL_PATH)
+__all__ = ["MODELS", "LoadedModel", "fingerprint", "load_model", "register_model", "resolve_model"]
 
 
 @dataclass(frozen=True)
@@ -72,8 +63,7 @@ def resolve_model(name_or_path: str | Path) -> tuple[str, Path]:
         if not path.exists():
             raise SkiptuneError(
                 f"model {text!r} is registered at {path}, which does not exist; "
-                + ("train it (see skiptune/training) or pass a checkpoint path" if text == "demo"
-                   else "fix the registration or pass a checkpoint path")
+                "fix the registration or pass a checkpoint path"
             )
         return text, path
     path = Path(name_or_path)

@@ -1,9 +1,10 @@
-"""Image data for reference statistics: the Fashion-MNIST idx loader and image sources.
+"""Image data for reference statistics: image sources and the idx reader.
 
 An :class:`ImageSource` yields uint8 ``[n, C, H, W]`` batches and states a content fingerprint, so
 reference statistics can be cached by *what the images are*, not by where they were read from.
-Sources: ``fmnist:train`` / ``fmnist:test``, a folder of PNG/JPEG images, a ``.npz`` holding a uint8
-``images`` (or ``arr_0``) array in NHWC or NCHW layout, and an idx (``.gz``) image file.
+Sources: a registered ``PREFIX:ARG`` (``skiptune.plugins.IMAGE_SOURCES``), a folder of PNG/JPEG images,
+a ``.npz`` holding a uint8 ``images`` (or ``arr_0``) array in NHWC or NCHW layout, and an idx (``.gz``)
+image file.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
@@ -19,10 +21,8 @@ import numpy as np
 import torch
 
 from skiptune.errors import SkiptuneError
+from skiptune.plugins import IMAGE_SOURCES
 
-FMNIST_ROOT_ENV = "SKIPTUNE_FMNIST_ROOT"
-DEFAULT_FMNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
-FMNIST_FILES = {"train": "train", "test": "t10k"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _IDX_UBYTE = 0x08
 
@@ -61,47 +61,6 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
             f"{expected}; the file is truncated or corrupt"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
-
-
-def fmnist_root(root: str | os.PathLike[str] | None = None) -> Path:
-    """The Fashion-MNIST folder: ``root``, else ``$SKIPTUNE_FMNIST_ROOT``, else the Debian location."""
-    return Path(root or os.environ.get(FMNIST_ROOT_ENV) or DEFAULT_FMNIST_ROOT)
-
-
-def load_fashion_mnist(
-    split: str, *, root: str | os.PathLike[str] | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fashion-MNIST ``split`` ('train' or 'test') as (uint8 images [N,1,28,28], int64 labels [N])."""
-    if split not in FMNIST_FILES:
-        raise SkiptuneError(
-            f"unknown Fashion-MNIST split {split!r}; expected one of: {', '.join(FMNIST_FILES)}"
-        )
-    folder = fmnist_root(root)
-    stem = FMNIST_FILES[split]
-    image_path = folder / f"{stem}-images-idx3-ubyte.gz"
-    label_path = folder / f"{stem}-labels-idx1-ubyte.gz"
-    for p in (image_path, label_path):
-        if not p.is_file():
-            raise SkiptuneError(
-                f"Fashion-MNIST file {str(p)!r} not found; install the Debian package dataset-fashion-mnist, "
-                f"or point ${FMNIST_ROOT_ENV} (or root=) at a folder holding the four *-ubyte.gz files"
-            )
-    images = read_idx(image_path)
-    labels = read_idx(label_path)
-    if images.ndim != 3 or labels.ndim != 1:
-        raise SkiptuneError(
-            f"Fashion-MNIST files in {str(folder)!r} have shapes {images.shape} and {labels.shape}; "
-            "expected images [N,28,28] and labels [N]"
-        )
-    if images.shape[0] != labels.shape[0]:
-        raise SkiptuneError(
-            f"Fashion-MNIST {split}: {images.shape[0]} images but {labels.shape[0]} labels in {str(folder)!r}"
-        )
-    if labels.size and int(labels.max()) > 9:
-        raise SkiptuneError(
-            f"Fashion-MNIST {split} labels in {str(label_path)!r} exceed 9; the file is corrupt"
-        )
-    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
 def pad_to(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -224,33 +183,37 @@ def _npz_images(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-def _fit(images: torch.Tensor, resolution: int | None) -> torch.Tensor:
+def fit_resolution(images: torch.Tensor, resolution: int | None) -> torch.Tensor:
+    """``images`` centred on a black ``resolution`` canvas when smaller (as read when ``None``)."""
     return pad_to(images, resolution) if resolution and images.shape[-1] != resolution else images
 
 
-def open_source(
-    spec: str, *, resolution: int | None = None, fmnist_root_dir: str | None = None
-) -> ImageSource:
-    """An image source from ``fmnist:train``, ``fmnist:test``, a folder, a ``.npz`` or an idx file.
+def source_usages() -> list[str]:
+    """The source forms ``open_source`` takes, registered ones first (for ``--help`` and errors)."""
+    return [IMAGE_SOURCES.get(p).usage for p in IMAGE_SOURCES.names()] + ["FOLDER", "FILE.npz", "IDX"]
+
+
+def open_source(spec: str, *, resolution: int | None = None) -> ImageSource:
+    """An image source from a registered ``PREFIX:ARG``, a folder, a ``.npz`` or an idx file.
 
     With ``resolution``, smaller images are centred on a black canvas of that size (28 -> 32).
     """
-    if spec.startswith("fmnist:"):
-        split = spec.split(":", 1)[1]
-        images, _ = load_fashion_mnist(split, root=fmnist_root_dir)
-        return TensorSource(_fit(images, resolution), description=f"Fashion-MNIST {split}")
+    prefix = re.match(r"([^:/\\]{2,}):", spec)
+    if prefix and prefix.group(1) in IMAGE_SOURCES:
+        return IMAGE_SOURCES.get(prefix.group(1)).open(spec[prefix.end() :], resolution=resolution)
     path = Path(spec)
     if path.is_dir():
         return FolderSource(path, resolution=resolution)
     if not path.is_file():
+        registered = ", ".join(IMAGE_SOURCES.get(p).usage for p in IMAGE_SOURCES.names())
         raise SkiptuneError(
-            f"image source {spec!r} not found; expected fmnist:train, fmnist:test, a folder of PNG/JPEG "
-            "images, a .npz with a uint8 'images' array, or an idx images file"
+            f"image source {spec!r} not found; expected a registered source ({registered or 'none'}), "
+            "a folder of PNG/JPEG images, a .npz with a uint8 'images' array, or an idx images file"
         )
     if path.suffix == ".npz":
-        return TensorSource(_fit(_npz_images(path), resolution), description=f"npz {path}")
+        return TensorSource(fit_resolution(_npz_images(path), resolution), description=f"npz {path}")
     arr = read_idx(path)
     if arr.ndim != 3:
         raise SkiptuneError(f"idx file {spec!r} has shape {arr.shape}; expected images [N,H,W]")
     images = torch.from_numpy(arr.copy()).unsqueeze(1)
-    return TensorSource(_fit(images, resolution), description=f"idx {path}")
+    return TensorSource(fit_resolution(images, resolution), description=f"idx {path}")

@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from skiptune.errors import SkiptuneError
-from skiptune.registry import Registry
+from skiptune.plugins import EXTRACTORS
 
 INCEPTION_WEIGHTS_ENV = "SKIPTUNE_INCEPTION_WEIGHTS"
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's converted TF weights
@@ -41,7 +41,8 @@ class FeatureExtractor(Protocol):
 
 
 ExtractorFactory = Callable[..., FeatureExtractor]  # (*, device, weights_path) -> FeatureExtractor
-EXTRACTORS: Registry[ExtractorFactory] = Registry("feature extractor")
+# EXTRACTORS lives with the other plugin registries (skiptune.plugins); register_extractors() below
+# adds the general-purpose ones, plugins add theirs
 
 
 class ModuleExtractor:
@@ -268,16 +269,8 @@ def _feature_dim(module: Any, extractor: ModuleExtractor) -> int:
     return int(out.shape[1])
 
 
-def _fmnist_classifier(
-    *, device: torch.device | str, weights_path: str | os.PathLike[str] | None = None
-) -> FeatureExtractor:
-    """The demo's Fashion-MNIST classifier (bundled weights unless ``weights_path``)."""
-    from skiptune.objectives.classifier import load_demo_extractor  # lazy: the demo's own module
-
-    return load_demo_extractor(device, path=Path(weights_path) if weights_path else None)
-
-
-EXTRACTORS.register("inception-v3-compat", _inception)
-EXTRACTORS.register("dinov2-vit-l-14", _dinov2)
-EXTRACTORS.register("torchscript", _torchscript)
-EXTRACTORS.register("fmnist-classifier", _fmnist_classifier)
+def register_extractors() -> None:
+    """The general-purpose extractors: a built-in plugin, loaded by ``skiptune.plugins`` with the others."""
+    EXTRACTORS.register("inception-v3-compat", _inception)
+    EXTRACTORS.register("dinov2-vit-l-14", _dinov2)
+    EXTRACTORS.register("torchscript", _torchscript)

@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from skiptune.bundled import NAMED_REFERENCES
 from skiptune.errors import SkiptuneError
 from skiptune.objectives.data import ImageSource
 from skiptune.objectives.features import FeatureExtractor
 from skiptune.objectives.frechet import FeatureStats
+from skiptune.plugins import REFERENCES
 
 REFERENCE_FORMAT = "skiptune-reference-v1"
 CACHE_ENV = "SKIPTUNE_CACHE"
@@ -121,19 +121,21 @@ def save_reference(reference: ReferenceStats, path: str | os.PathLike[str]) -> N
 
 
 def resolve_reference(name_or_path: str | os.PathLike[str]) -> Path:
-    """A bundled reference's name (``demo``) or a path, as a path on this machine."""
-    return NAMED_REFERENCES.get(str(name_or_path), Path(name_or_path))
+    """A registered reference's name (``skiptune.plugins.REFERENCES``) or a path, as a path here."""
+    name = str(name_or_path)
+    return REFERENCES.get(name)() if name in REFERENCES else Path(name_or_path)
 
 
 def load_reference(path: str | os.PathLike[str]) -> ReferenceStats:
     """Reference statistics from our ``.npz``, EDM's ``.npz`` or torch-fidelity's cached ``.pt``.
 
-    ``path`` may also name a bundled reference (``demo``: the Fashion-MNIST training statistics).
+    ``path`` may also name a registered reference (e.g. a plugin's bundled statistics).
     """
     path = resolve_reference(path)
     if not path.is_file():
         raise SkiptuneError(
-            f"reference statistics {str(path)!r} not found; compute them with "
+            f"reference statistics {str(path)!r} not found (registered names: "
+            f"{', '.join(REFERENCES.names()) or 'none'}); compute them with "
             "`skiptune stats --source SOURCE --extractor NAME --out FILE.npz`"
         )
     if path.suffix == ".npz":

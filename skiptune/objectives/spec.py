@@ -1,6 +1,6 @@
 """The objective's one description, validated once: identity, stored arguments and FDObjective derive from it.
 
-``ObjectiveSpec`` names the feature extractor, the reference statistics (a bundled name or an absolute path,
+``ObjectiveSpec`` names the feature extractor, the reference statistics (a registered name or absolute path,
 and the sha256 of the statistics), the sample count, the rungs and the seed base. A study stores it as
 ``to_args()`` and hashes ``identity(...)`` into its name; a worker rebuilds it with ``from_args`` and gets
 the objective with ``build``. The identity's keys and values are a frozen wire format: study names hash
@@ -55,7 +55,7 @@ class ObjectiveSpec:
 
     extractor: str
     feature_dim: int
-    reference: str  # a bundled reference's name, resolved on each machine, or an absolute path
+    reference: str  # a registered reference's name, resolved on each machine, or an absolute path
     reference_sha256: str
     n_samples: int
     rungs: tuple[int, ...] = ()

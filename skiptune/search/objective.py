@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 
-from skiptune.bundled import NAMED_REFERENCES
 from skiptune.errors import SkiptuneError
 from skiptune.nets.base import supports_sigma_window
 from skiptune.nets.registry import LoadedModel
@@ -21,6 +20,7 @@ from skiptune.objectives.features import create_extractor
 from skiptune.objectives.fid import FDObjective
 from skiptune.objectives.reference import load_reference
 from skiptune.objectives.spec import ObjectiveSpec
+from skiptune.plugins import REFERENCES
 from skiptune.sampling import SAMPLERS
 from skiptune.search.space import SearchSpace
 from skiptune.search.study import StudySpec
@@ -53,10 +53,10 @@ def study_specs(
     objective = ObjectiveSpec.describe(
         feature_extractor,
         reference,
-        # a bundled reference is stored by name, resolved on each worker's machine
+        # a registered reference is stored by name, resolved on each worker's machine
         reference_name=(
             str(reference_path)
-            if str(reference_path) in NAMED_REFERENCES
+            if str(reference_path) in REFERENCES
             else str(Path(reference_path).resolve())
         ),
         n_samples=n_samples,

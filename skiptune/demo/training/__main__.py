@@ -1,4 +1,4 @@
-"""``python -m skiptune.training WHAT ...``: the ``skiptune train`` verb on its own."""
+"""``python -m skiptune.demo.training WHAT ...``: ``skiptune train`` without the rest of the CLI."""
 
 from __future__ import annotations
 
@@ -6,20 +6,20 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from skiptune.cli import train_cmd
+from skiptune.demo.training import options
 from skiptune.errors import SkiptuneError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m skiptune.training",
-        description=train_cmd.DESCRIPTION,
+        prog="python -m skiptune.demo.training",
+        description=options.DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train_cmd.add_arguments(parser)
+    options.add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return train_cmd.run(args)
+        return options.run_from_args(args)
     except SkiptuneError as exc:
         print(f"skiptune train: error: {exc}", file=sys.stderr)
         return 2

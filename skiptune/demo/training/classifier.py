@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from skiptune.demo.classifier import FashionClassifier
+from skiptune.demo.training.data import EpochSampler, random_xflip
+from skiptune.demo.training.device import autocast
 from skiptune.errors import SkiptuneError
-from skiptune.objectives.classifier import FashionClassifier
-from skiptune.training.data import EpochSampler, random_xflip
-from skiptune.training.device import autocast
 
 LogFn = Callable[[dict[str, Any]], None]
 

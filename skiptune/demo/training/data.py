@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from skiptune.objectives.data import load_fashion_mnist, pad_to
+from skiptune.demo.data import load_fashion_mnist
+from skiptune.objectives.data import pad_to
 
 RESOLUTION = 32
 

@@ -3,7 +3,7 @@
 No pretrained Inception weights can be fetched on a fresh machine, so the demo measures a Fréchet
 distance in the feature space of this classifier instead ("Fréchet distance in the fmnist-classifier
 feature space", never called FID). It is trained by ``skiptune train classifier`` and shipped as
-``skiptune/assets/fmnist-classifier.pt``.
+``skiptune/demo/assets/fmnist-classifier.pt``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from skiptune.bundled import DEMO_CLASSIFIER_PATH
+from skiptune.demo.bundled import DEMO_CLASSIFIER_PATH, DEMO_EXTRACTOR
 from skiptune.errors import SkiptuneError
 
-EXTRACTOR_NAME = "fmnist-classifier"
+EXTRACTOR_NAME = DEMO_EXTRACTOR
 CHECKPOINT_FORMAT = "skiptune-classifier"
 INPUT_RESOLUTION = 32
 
@@ -148,5 +148,5 @@ class ClassifierExtractor:
 def load_demo_extractor(
     device: str | torch.device = "cpu", *, path: str | Path | None = None
 ) -> ClassifierExtractor:
-    """The bundled ``fmnist-classifier`` extractor (``skiptune/assets/fmnist-classifier.pt``)."""
+    """The bundled ``fmnist-classifier`` extractor (``skiptune/demo/assets/fmnist-classifier.pt``)."""
     return ClassifierExtractor(load_classifier(path or DEMO_CLASSIFIER_PATH, device=device), device=device)

@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from skiptune.demo.training.data import EpochSampler, random_xflip, to_unit_range
+from skiptune.demo.training.device import autocast
+from skiptune.demo.training.edm_loss import EDMLoss
+from skiptune.demo.training.ema import ema_beta, ema_update
 from skiptune.errors import SkiptuneError
 from skiptune.nets.edm import EDMPrecond
-from skiptune.training.data import EpochSampler, random_xflip, to_unit_range
-from skiptune.training.device import autocast
-from skiptune.training.edm_loss import EDMLoss
-from skiptune.training.ema import ema_beta, ema_update
 
 LogFn = Callable[[dict[str, Any]], None]
 
