@@ -28,6 +28,7 @@ VERBS: dict[str, str] = {
     "sample": "sample_cmd",
     "report": "report_cmd",
     "eval": "eval_cmd",
+    "analyze": "analyze_cmd",
     "stats": "stats_cmd",
     "train": "train_cmd",
     "demo": "demo_cmd",
