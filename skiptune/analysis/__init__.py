@@ -10,7 +10,7 @@ losses), ``ratio`` (paired ratio estimator), ``table`` (rows), ``window`` (sugge
 from __future__ import annotations
 
 from skiptune.analysis.grid import DEFAULT_POINTS, parse_sigmas, sigma_grid, sigma_range
-from skiptune.analysis.losses import PerImageLosses, edm_weight, per_image_losses
+from skiptune.analysis.losses import PerImageLosses, edm_weight, image_noise, per_image_losses
 from skiptune.analysis.ratio import Ratio, paired_ratio
 from skiptune.analysis.run import BASELINE, Analysis, Comparison, analyze, first_images
 from skiptune.analysis.window import DEFAULT_Z, SigmaWindow, suggest_window
@@ -27,6 +27,7 @@ __all__ = [
     "analyze",
     "edm_weight",
     "first_images",
+    "image_noise",
     "paired_ratio",
     "parse_sigmas",
     "per_image_losses",
