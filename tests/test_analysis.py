@@ -212,3 +212,5 @@ def test_cli_user_errors(capsys):
     assert "bad --sigmas '5,1'" in capsys.readouterr().err
     assert main(["analyze", "--model", "demo", "--tuned"]) == 2
     assert "--tuned/--study needs --nfe" in capsys.readouterr().err
+    assert main(["analyze", "--model", "demo", "--rho", "0.9", "1", "--search-best"]) == 2
+    assert "--search-best picks a study's candidate" in capsys.readouterr().err

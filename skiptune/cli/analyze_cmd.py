@@ -106,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         raise SkiptuneError(
             f"--batch-size {args.batch_size} must be >= 1 and --n-images {args.n_images} >= 2"
         )
+    if args.search_best and not tuned:
+        raise SkiptuneError("--search-best picks a study's candidate: add --tuned --nfe N (or --study NAME)")
     if tuned and args.nfe is None:
         raise SkiptuneError("--tuned/--study needs --nfe N: the study is looked up by (model, sampler, NFE)")
     if not schedules and not tuned:
