@@ -21,6 +21,7 @@ from skiptune.analysis import (
     parse_sigmas,
     per_image_losses,
     sigma_grid,
+    significant_runs,
     suggest_window,
 )
 from skiptune.cli import build_parser, main
@@ -146,7 +147,9 @@ def test_window_on_constructed_curves():
     w = suggest_window(sigmas, ratios, ses, z=2.0)
     assert w is not None and w.points == 3  # 0.35 summed reduction beats the lone 0.3 at the top
     assert w.lo == pytest.approx(math.sqrt(0.01 * 0.1)) and w.hi == pytest.approx(math.sqrt(10 * 100))
-    assert w.mean_ratio == pytest.approx((0.9 + 0.8 + 0.95) / 3)
+    assert w.mean_ratio == pytest.approx((0.9 + 0.8 + 0.95) / 3) and w.reduction == pytest.approx(0.35)
+    runs = significant_runs(sigmas, ratios, ses, z=2.0)
+    assert [(r.points, r.hi) for r in runs] == [(3, w.hi), (1, 1000.0)] and runs[0] == w
     top = suggest_window(sigmas, [1.0, 0.9, 1.0, 1.0, 1.0, 0.7], ses)
     assert top is not None and (top.lo, top.hi) == (pytest.approx(math.sqrt(100 * 1000)), 1000.0)
     first = suggest_window(sigmas, [0.9, 1.0, 1.0, 1.0, 1.0, 0.9], ses)  # a tie goes to the lower sigmas

@@ -13,7 +13,7 @@ from skiptune.analysis.grid import DEFAULT_POINTS, parse_sigmas, sigma_grid, sig
 from skiptune.analysis.losses import PerImageLosses, edm_weight, image_noise, per_image_losses
 from skiptune.analysis.ratio import Ratio, paired_ratio
 from skiptune.analysis.run import BASELINE, Analysis, Comparison, analyze, first_images
-from skiptune.analysis.window import DEFAULT_Z, SigmaWindow, suggest_window
+from skiptune.analysis.window import DEFAULT_Z, SigmaWindow, significant_runs, suggest_window
 
 __all__ = [
     "BASELINE",
@@ -33,5 +33,6 @@ __all__ = [
     "per_image_losses",
     "sigma_grid",
     "sigma_range",
+    "significant_runs",
     "suggest_window",
 ]

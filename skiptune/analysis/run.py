@@ -17,7 +17,7 @@ import torch
 from skiptune.analysis.grid import DEFAULT_POINTS, sigma_grid, sigma_range
 from skiptune.analysis.losses import PerImageLosses, per_image_losses
 from skiptune.analysis.table import comparison_rows
-from skiptune.analysis.window import DEFAULT_Z, SigmaWindow, suggest_window
+from skiptune.analysis.window import DEFAULT_Z, SigmaWindow, significant_runs, suggest_window
 from skiptune.errors import SkiptuneError
 from skiptune.objectives.data import ImageSource
 from skiptune.objectives.features import FeatureExtractor
@@ -33,12 +33,14 @@ class Comparison:
     schedule: SkipSchedule
     rows: list[dict[str, Any]]
     window: SigmaWindow | None
+    runs: list[SigmaWindow] = field(default_factory=list)  # every significant run; window is one of them
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "schedule": self.schedule.to_dict(),
             "rows": self.rows,
             "window": self.window.to_dict() if self.window else None,
+            "significant_runs": [run.to_dict() for run in self.runs],
         }
 
 
@@ -91,10 +93,10 @@ def analyze(
     comparisons = []
     for index, schedule in enumerate(schedules, start=1):
         rows = comparison_rows(losses, index)
-        window = suggest_window(
-            grid, [r["feature_ratio"] for r in rows], [r["feature_ratio_se"] for r in rows], z=z
-        )
-        comparisons.append(Comparison(schedule=schedule, rows=rows, window=window))
+        ratios, ses = [r["feature_ratio"] for r in rows], [r["feature_ratio_se"] for r in rows]
+        window = suggest_window(grid, ratios, ses, z=z)
+        runs = significant_runs(grid, ratios, ses, z=z)
+        comparisons.append(Comparison(schedule=schedule, rows=rows, window=window, runs=runs))
     return Analysis(comparisons=comparisons, losses=losses, extractor=extractor.name, seed=seed, z=z)
 
 

@@ -18,22 +18,22 @@ class SigmaWindow:
     hi: float
     points: int  # grid points inside
     mean_ratio: float  # mean feature ratio over them
+    reduction: float  # sum over them of (1 - ratio): what ranks runs
     z: float
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def suggest_window(
+def significant_runs(
     sigmas: Sequence[float], ratios: Sequence[float], ses: Sequence[float], *, z: float = DEFAULT_Z
-) -> SigmaWindow | None:
-    """The run of consecutive grid points where the feature ratio is significantly below 1, or None.
+) -> list[SigmaWindow]:
+    """Every run of consecutive grid points where the feature ratio is significantly below 1, in sigma order.
 
-    Significant: ``ratio + z * se < 1``. Among several runs the one with the largest summed reduction
-    ``sum(1 - ratio)`` wins (the range where the pair does the most good), ties to the lower sigmas.
-    Its bounds lie halfway (in log sigma) between the run's end points and their outer neighbours (or
-    at the grid's ends): every sigma inside is nearer to a significant grid point than to any other, so
-    a sampler's noise levels between grid points are assigned by their nearest measurement.
+    Significant: ``ratio + z * se < 1``. A run's bounds lie halfway (in log sigma) between its end points
+    and their outer neighbours (or at the grid's ends): every sigma inside is nearer to a significant
+    grid point than to any other, so a sampler's noise levels between grid points are assigned by their
+    nearest measurement.
     """
     if not len(sigmas) == len(ratios) == len(ses):
         raise ValueError(f"{len(sigmas)} sigmas, {len(ratios)} ratios and {len(ses)} standard errors")
@@ -44,13 +44,23 @@ def suggest_window(
                 runs[-1].append(k)
             else:
                 runs.append([k])
-    if not runs:
-        return None
-    best = max(runs, key=lambda run: sum(1.0 - ratios[k] for k in run))
-    first, last = best[0], best[-1]
+    return [_window(sigmas, ratios, run, z) for run in runs]
+
+
+def suggest_window(
+    sigmas: Sequence[float], ratios: Sequence[float], ses: Sequence[float], *, z: float = DEFAULT_Z
+) -> SigmaWindow | None:
+    """The suggested window: of :func:`significant_runs`, the one with the largest summed reduction
+    ``sum(1 - ratio)`` (where the pair does the most good), ties to the lower sigmas; None without any."""
+    runs = significant_runs(sigmas, ratios, ses, z=z)
+    return max(runs, key=lambda w: w.reduction, default=None)
+
+
+def _window(sigmas: Sequence[float], ratios: Sequence[float], run: list[int], z: float) -> SigmaWindow:
+    first, last = run[0], run[-1]
     lo = math.sqrt(sigmas[first - 1] * sigmas[first]) if first > 0 else sigmas[first]
     hi = math.sqrt(sigmas[last] * sigmas[last + 1]) if last + 1 < len(sigmas) else sigmas[last]
     return SigmaWindow(
-        lo=float(lo), hi=float(hi), points=len(best),
-        mean_ratio=sum(ratios[k] for k in best) / len(best), z=z,
+        lo=float(lo), hi=float(hi), points=len(run), mean_ratio=sum(ratios[k] for k in run) / len(run),
+        reduction=sum(1.0 - ratios[k] for k in run), z=z,
     )  # fmt: skip

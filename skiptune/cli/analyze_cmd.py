@@ -210,6 +210,10 @@ def _print_text(out: dict[str, Any], result: Any) -> None:
             )
             continue
         w = comparison.window
+        others = [r for r in comparison.runs if r != w]
+        if others:
+            where = ", ".join(f"[{r.lo:.4g}, {r.hi:.4g}] (mean ratio {r.mean_ratio:.4f})" for r in others)
+            print(f"feature loss also significantly lower, less in total, at sigma {where}")
         print(
             f"suggested sigma window: [{w.lo:.6g}, {w.hi:.6g}] ({w.points} grid points, mean feature ratio "
             f"{w.mean_ratio:.4f}); check it on held-out seeds (FD of each; the NFE is the one to use it at):"
