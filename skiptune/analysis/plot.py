@@ -10,7 +10,8 @@ if TYPE_CHECKING:
 
 
 def plot_analysis(analysis: Analysis, path: str | Path, *, title: str = "") -> Path:
-    """One panel per tuned schedule: both ratio curves with ±z standard-error bands on a log sigma axis."""
+    """One panel per tuned schedule: both ratio curves with ±z standard-error bands on a log sigma axis,
+    the suggested window shaded green and the other significant runs grey."""
     from skiptune.report import _pyplot  # the project's one matplotlib set-up (Agg backend)
 
     plt = _pyplot()
@@ -27,6 +28,9 @@ def plot_analysis(analysis: Analysis, path: str | Path, *, title: str = "") -> P
                 color=colour, alpha=0.2, linewidth=0,
             )  # fmt: skip
         ax.axhline(1.0, color="black", linewidth=0.8)
+        for k, run in enumerate(r for r in comparison.runs if r != comparison.window):
+            ax.axvspan(run.lo, run.hi, color="tab:gray", alpha=0.15,
+                       label="feature loss also lower" if k == 0 else None)  # fmt: skip
         if comparison.window is not None:
             w = comparison.window
             ax.axvspan(w.lo, w.hi, color="tab:green", alpha=0.12,
