@@ -38,7 +38,8 @@ def sigma_grid(lo: float, hi: float, points: int = DEFAULT_POINTS) -> list[float
     if points == 1:
         return [float(lo)]
     step = (math.log(hi) - math.log(lo)) / (points - 1)
-    return [float(math.exp(math.log(lo) + i * step)) for i in range(points)]
+    inner = [float(math.exp(math.log(lo) + i * step)) for i in range(1, points - 1)]
+    return [float(lo), *inner, float(hi)]  # exact ends: a window reaching hi must contain the sampler's hi
 
 
 def parse_sigmas(text: str) -> list[float]:
