@@ -217,3 +217,17 @@ def test_cli_user_errors(capsys):
     assert "--tuned/--study needs --nfe" in capsys.readouterr().err
     assert main(["analyze", "--model", "demo", "--rho", "0.9", "1", "--search-best"]) == 2
     assert "--search-best picks a study's candidate" in capsys.readouterr().err
+
+
+def test_documented_analyze_commands_parse():
+    """Every ``skiptune analyze`` command in docs/analysis.md and README.md is accepted by the CLI parser."""
+    repo = Path(__file__).resolve().parents[1]
+    found = 0
+    for doc in (repo / "docs" / "analysis.md", repo / "README.md"):
+        text = doc.read_text().replace("\\\n", " ")
+        for line in text.splitlines():
+            line = line.split(" #")[0].split(" > ")[0].strip()
+            if line.startswith("skiptune analyze "):
+                build_parser().parse_args(shlex.split(line)[1:])
+                found += 1
+    assert found >= 6
