@@ -43,6 +43,9 @@ VERBS: dict[str, Verb] = {
     "eval": Verb(
         "eval_cmd", "evaluate one (rho_bottom, rho_top) setting: Fréchet distance per sample-count rung"
     ),
+    "analyze": Verb(
+        "analyze_cmd", "pixel and feature losses per sigma of tuned pairs vs (1, 1); suggests a sigma window"
+    ),
     "stats": Verb("stats_cmd", "compute reference statistics of real images for a feature extractor"),
     "train": Verb(
         "train_cmd", "train the demo diffusion model, the demo classifier or reference statistics"
