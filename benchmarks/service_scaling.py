@@ -52,6 +52,7 @@ from typing import Any
 
 DEFAULT_STORAGE = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 LOG_ERRORS = re.compile(r"database is locked|OperationalError|Traceback|StorageInternalError")
+CONNECTION_MARGIN = 20  # connections of the shared server a run leaves to others
 _NOT_DB = {"get_heartbeat_interval", "get_failed_trial_callback", "get_heartbeat_stale_trial_callback"}
 
 
@@ -105,6 +106,8 @@ class DbClock:
         self.storage_calls: Counter[str] = Counter()
         self.sql_s: Counter[str] = Counter()
         self.sql_statements: Counter[str] = Counter()
+        self.by_method_s: Counter[str] = Counter()  # the loop's storage time per RDBStorage method
+        self.by_method_calls: Counter[str] = Counter()
 
     @staticmethod
     def _kind() -> str:
@@ -139,7 +142,11 @@ class DbClock:
             finally:
                 self._local.depth = depth
                 if depth == 0:
-                    self._add(self.storage_s, self.storage_calls, time.perf_counter() - start)
+                    elapsed = time.perf_counter() - start
+                    self._add(self.storage_s, self.storage_calls, elapsed)
+                    if self._kind() == "loop":
+                        self.by_method_s[fn.__name__] += elapsed
+                        self.by_method_calls[fn.__name__] += 1
 
         return timed
 
@@ -156,6 +163,8 @@ class DbClock:
                 "storage_calls": dict(self.storage_calls),
                 "sql_s": dict(self.sql_s),
                 "sql_statements": dict(self.sql_statements),
+                "by_method_s": dict(self.by_method_s),
+                "by_method_calls": dict(self.by_method_calls),
             }
 
 
@@ -305,6 +314,7 @@ class RunResult:
     db_ms_per_trial: float | None = None
     db_calls_per_trial: float | None = None
     sql_ms_per_trial: float | None = None
+    sql_statements_per_trial: float | None = None
     heartbeat_db_ms_total: float = 0.0
     connections_peak: int | None = None
     max_connections: int | None = None
@@ -319,13 +329,17 @@ class RunResult:
     duplicates: int = 0
     failures: int = 0
     over_budget_refusals: int = 0
+    db_ms_per_trial_by_method: dict[str, float] = field(default_factory=dict)
+    db_calls_per_trial_by_method: dict[str, float] = field(default_factory=dict)
     worker_errors: list[str] = field(default_factory=list)
     log_errors: int = 0
     skipped: str | None = None
     # filled while workers run, read by the summary; not part of the report
     _go: float = field(default=0.0, repr=False)
-    _loop: tuple[float, int, float] = field(default=(0.0, 0, 0.0), repr=False)
+    _loop: tuple[float, int, float, int] = field(default=(0.0, 0, 0.0, 0), repr=False)
     _last_exit: float | None = field(default=None, repr=False)
+    _by_method_s: Counter[str] = field(default_factory=Counter, repr=False)
+    _by_method_calls: Counter[str] = field(default_factory=Counter, repr=False)
 
     def report(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
@@ -409,7 +423,11 @@ def _summarise_workers(
     loop_calls = sum(r.get("storage_calls", {}).get("loop", 0) for r in reports)
     sql_s = sum(r.get("sql_s", {}).get("loop", 0.0) for r in reports)
     result.heartbeat_db_ms_total = 1000 * sum(r.get("storage_s", {}).get("heartbeat", 0.0) for r in reports)
-    result._loop = (loop_s, loop_calls, sql_s)
+    statements = sum(r.get("sql_statements", {}).get("loop", 0) for r in reports)
+    result._loop = (loop_s, loop_calls, sql_s, statements)
+    for r in reports:
+        result._by_method_s.update(r.get("by_method_s", {}))
+        result._by_method_calls.update(r.get("by_method_calls", {}))
     if memory:
         result.pss_mib_per_worker = max(m.get("pss_mib", 0.0) for m in memory)
         result.rss_mib_per_worker = max(m.get("rss_mib", 0.0) for m in memory)
@@ -462,7 +480,7 @@ def _check_trials(url: str, config: RunConfig, result: RunResult) -> None:
 def _throughput(result: RunResult, evaluated: list[Any], ends: list[dt.datetime], config: RunConfig) -> None:
     result.evaluated = len(evaluated)
     result.ideal_per_hour = config.workers * 3600 / config.duration
-    loop_s, loop_calls, sql_s = result._loop
+    loop_s, loop_calls, sql_s, statements = result._loop
     last_exit, go = result._last_exit, result._go
     if not evaluated or not ends:
         return
@@ -473,6 +491,11 @@ def _throughput(result: RunResult, evaluated: list[Any], ends: list[dt.datetime]
     result.db_ms_per_trial = round(1000 * loop_s / len(evaluated), 1)
     result.db_calls_per_trial = round(loop_calls / len(evaluated), 1)
     result.sql_ms_per_trial = round(1000 * sql_s / len(evaluated), 1)
+    result.sql_statements_per_trial = round(statements / len(evaluated), 1)
+    n = len(evaluated)
+    for name, seconds in result._by_method_s.most_common():
+        result.db_ms_per_trial_by_method[name] = round(1000 * seconds / n, 2)
+        result.db_calls_per_trial_by_method[name] = round(result._by_method_calls[name] / n, 2)
     result.drain_s = round(last_exit - last, 2) if last_exit else None
 
 
@@ -496,6 +519,23 @@ def _memory_guard(n: int, pss_mib: float | None, limit_gib: float) -> str | None
     return None
 
 
+def _connection_guard(storage: str, n: int, per_worker: float) -> str | None:
+    """Never crowd the shared server: leave ``CONNECTION_MARGIN`` connections to everybody else."""
+    if storage == "sqlite":
+        return None
+    with _admin(storage) as conn:
+        limit = int(conn.execute("SHOW max_connections").fetchone()[0])
+        used = int(conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
+                   .fetchone()[0])  # fmt: skip
+    free = limit - used - CONNECTION_MARGIN
+    if n * per_worker > free:
+        return (
+            f"{n} workers x {per_worker:.1f} connections each (measured) > {free} free of max_connections "
+            f"{limit} ({used} in use, {CONNECTION_MARGIN} kept for others)"
+        )
+    return None
+
+
 def _mem_available_mib() -> float | None:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
@@ -510,7 +550,8 @@ def _print(r: RunResult) -> None:
     print(
         f"{r.backend:10s} N={r.workers:3d} d={r.duration_s:5.2f}s  {r.evaluated:4d} trials  "
         f"{r.trials_per_hour or 0:9.0f}/h of {r.ideal_per_hour:9.0f}/h  eff {r.efficiency or 0:5.3f}  "
-        f"db {r.db_ms_per_trial} ms/trial ({r.db_calls_per_trial} calls, sql {r.sql_ms_per_trial} ms)  "
+        f"db {r.db_ms_per_trial} ms/trial ({r.db_calls_per_trial} calls; sql {r.sql_ms_per_trial} ms, "
+        f"{r.sql_statements_per_trial} statements)  "
         f"conns {r.connections_peak}  load {r.load_avg_mean}  pss {r.pss_mib_per_worker or 0:.0f} MiB  "
         f"start {r.start_s or 0:.1f}s drain {r.drain_s}s  budget {'ok' if r.budget_met else 'MISSED'}  "
         f"dup {r.duplicates} fail {r.failures} refused {r.over_budget_refusals} log-errors {r.log_errors}",
@@ -547,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     _preload()
     runs: list[RunResult] = []
     pss: float | None = None
+    per_worker = 2.0  # connections per worker until measured
     for duration in durations:
         for n in workers:
             trials = args.trials or max(1, math.ceil(args.rounds * n / args.studies))
@@ -555,13 +597,18 @@ def main(argv: list[str] | None = None) -> int:
                     args.storage, n, duration, trials, args.studies, args.heartbeat, args.grace,
                     args.start_method, args.timeout, workdir,
                 )  # fmt: skip
-                reason = _memory_guard(n, pss, args.max_memory_gib)
+                reason = _memory_guard(n, pss, args.max_memory_gib) or _connection_guard(
+                    args.storage, n, per_worker
+                )
                 if reason is not None:
                     result = RunResult("sqlite" if args.storage == "sqlite" else "postgresql", n, duration,
                                        args.studies, trials, skipped=reason)  # fmt: skip
                 else:
                     result = run_once(config)
-                    pss = max(pss or 0.0, result.pss_mib_per_worker or 0.0) or None
+                    # the last run's: forked workers share more pages the more of them there are
+                    pss = result.pss_mib_per_worker or pss
+                    if result.connections_peak:
+                        per_worker = max(per_worker, result.connections_peak / n)
             _print(result)
             runs.append(result)
     ok = all(r.skipped or (r.budget_met and not r.duplicates and not r.failures) for r in runs)
