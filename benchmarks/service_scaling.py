@@ -196,7 +196,7 @@ def _worker_main(index: int, url: str, config: RunConfig, ready: Any, go: Any, r
         if not started:  # the first claim waits until every worker is ready: one common start
             ready.put({"index": index, **_memory_mib()})
             go.wait(timeout=config.timeout)
-            started["t"] = time.time()
+            started["cpu"] = time.process_time()
         return StandIn(spec, config.duration)
 
     result: dict[str, Any] = {"index": index, "pid": os.getpid()}
@@ -208,6 +208,9 @@ def _worker_main(index: int, url: str, config: RunConfig, ready: Any, go: Any, r
         result["outcomes"] = dict(Counter(o.state for o in summary.outcomes))
     except BaseException as exc:  # reported, counted as a failure of the run
         result["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    # CPU seconds of this process (all threads) from the common start to its exit: the worker's own
+    # coordination work, whatever else loads the machine
+    result["cpu_s"] = time.process_time() - started["cpu"] if started else 0.0
     result.update(clock.to_dict(), exit_time=time.time(), **_memory_mib())
     results.put(result)
 
@@ -262,6 +265,11 @@ class Monitor(threading.Thread):
         self.loads: list[float] = []
         self.connections: list[int] = []
         self.max_connections: int | None = None
+        self._backend_cpu: dict[int, float] = {}  # the run's server processes (when on this machine)
+
+    @property
+    def server_cpu_s(self) -> float:
+        return sum(self._backend_cpu.values())
 
     def run(self) -> None:
         conn = _admin(self._db.storage) if self._db.is_postgres else None
@@ -271,10 +279,12 @@ class Monitor(threading.Thread):
             while not self._halt.wait(0.25):
                 self.loads.append(os.getloadavg()[0])
                 if conn is not None:
-                    row = conn.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (self._db.name,)
-                    ).fetchone()
-                    self.connections.append(int(row[0]))
+                    rows = conn.execute(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self._db.name,)
+                    ).fetchall()
+                    self.connections.append(len(rows))
+                    for (pid,) in rows:
+                        self._backend_cpu[pid] = _cpu_seconds(pid) or self._backend_cpu.get(pid, 0.0)
         finally:
             if conn is not None:
                 conn.close()
@@ -282,6 +292,15 @@ class Monitor(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join()
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """user + system CPU seconds of a process on this machine (None when it is not visible)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _create_studies(url: str, config: RunConfig) -> None:
@@ -315,8 +334,11 @@ class RunResult:
     db_calls_per_trial: float | None = None
     sql_ms_per_trial: float | None = None
     sql_statements_per_trial: float | None = None
+    worker_cpu_ms_per_trial: float | None = None  # CPU time of the worker processes, not wall time
+    server_cpu_ms_per_trial: float | None = None  # CPU time of the run's PostgreSQL backends (sampled)
     heartbeat_db_ms_total: float = 0.0
     connections_peak: int | None = None
+    connections_median: int | None = None  # while trials run (the peak may be start-up)
     max_connections: int | None = None
     load_avg_before: float = 0.0
     load_avg_mean: float | None = None
@@ -337,6 +359,8 @@ class RunResult:
     # filled while workers run, read by the summary; not part of the report
     _go: float = field(default=0.0, repr=False)
     _loop: tuple[float, int, float, int] = field(default=(0.0, 0, 0.0, 0), repr=False)
+    _cpu_s: float = field(default=0.0, repr=False)
+    _server_cpu_s: float = field(default=0.0, repr=False)
     _last_exit: float | None = field(default=None, repr=False)
     _by_method_s: Counter[str] = field(default_factory=Counter, repr=False)
     _by_method_calls: Counter[str] = field(default_factory=Counter, repr=False)
@@ -425,6 +449,8 @@ def _summarise_workers(
     result.heartbeat_db_ms_total = 1000 * sum(r.get("storage_s", {}).get("heartbeat", 0.0) for r in reports)
     statements = sum(r.get("sql_statements", {}).get("loop", 0) for r in reports)
     result._loop = (loop_s, loop_calls, sql_s, statements)
+    result._cpu_s = sum(r.get("cpu_s", 0.0) for r in reports)
+    result._server_cpu_s = monitor.server_cpu_s
     for r in reports:
         result._by_method_s.update(r.get("by_method_s", {}))
         result._by_method_calls.update(r.get("by_method_calls", {}))
@@ -434,6 +460,8 @@ def _summarise_workers(
     exits = [r["exit_time"] for r in reports if "exit_time" in r]
     result._last_exit = max(exits) if exits else None
     result.connections_peak = max(monitor.connections) if monitor.connections else None
+    if monitor.connections:
+        result.connections_median = sorted(monitor.connections)[len(monitor.connections) // 2]
     result.max_connections = monitor.max_connections
     if monitor.loads:
         result.load_avg_mean = round(sum(monitor.loads) / len(monitor.loads), 2)
@@ -492,6 +520,9 @@ def _throughput(result: RunResult, evaluated: list[Any], ends: list[dt.datetime]
     result.db_calls_per_trial = round(loop_calls / len(evaluated), 1)
     result.sql_ms_per_trial = round(1000 * sql_s / len(evaluated), 1)
     result.sql_statements_per_trial = round(statements / len(evaluated), 1)
+    result.worker_cpu_ms_per_trial = round(1000 * result._cpu_s / len(evaluated), 1)
+    if result._server_cpu_s:
+        result.server_cpu_ms_per_trial = round(1000 * result._server_cpu_s / len(evaluated), 1)
     n = len(evaluated)
     for name, seconds in result._by_method_s.most_common():
         result.db_ms_per_trial_by_method[name] = round(1000 * seconds / n, 2)
@@ -552,7 +583,9 @@ def _print(r: RunResult) -> None:
         f"{r.trials_per_hour or 0:9.0f}/h of {r.ideal_per_hour:9.0f}/h  eff {r.efficiency or 0:5.3f}  "
         f"db {r.db_ms_per_trial} ms/trial ({r.db_calls_per_trial} calls; sql {r.sql_ms_per_trial} ms, "
         f"{r.sql_statements_per_trial} statements)  "
-        f"conns {r.connections_peak}  load {r.load_avg_mean}  pss {r.pss_mib_per_worker or 0:.0f} MiB  "
+        f"cpu {r.worker_cpu_ms_per_trial} + server {r.server_cpu_ms_per_trial} ms/trial  "
+        f"conns {r.connections_median}/{r.connections_peak}  load {r.load_avg_mean}  "
+        f"pss {r.pss_mib_per_worker or 0:.0f} MiB  "
         f"start {r.start_s or 0:.1f}s drain {r.drain_s}s  budget {'ok' if r.budget_met else 'MISSED'}  "
         f"dup {r.duplicates} fail {r.failures} refused {r.over_budget_refusals} log-errors {r.log_errors}",
         flush=True,
@@ -608,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
                     # the last run's: forked workers share more pages the more of them there are
                     pss = result.pss_mib_per_worker or pss
                     if result.connections_peak:
-                        per_worker = max(per_worker, result.connections_peak / n)
+                        per_worker = result.connections_peak / n  # the last run's, as for memory
             _print(result)
             runs.append(result)
     ok = all(r.skipped or (r.budget_met and not r.duplicates and not r.failures) for r in runs)
