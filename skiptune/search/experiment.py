@@ -167,7 +167,8 @@ def load_experiment(
 ) -> Experiment:
     """The experiment of ``main`` as the database holds it now (``studies``: one listing shared by
     several experiments, read just before)."""
-    attrs = storage.get_study_user_attrs(main.study_id)
+    listed = [f.user_attrs for f in studies or () if f._study_id == main.study_id]
+    attrs = listed[0] if listed else storage.get_study_user_attrs(main.study_id)  # the listing has them
     raw = attrs.get(rec.VALIDATION_ATTR)
     settings = ValidationSettings.from_dict(raw) if isinstance(raw, dict) else None
     budget = int(attrs.get(rec.BUDGET_ATTR, main.spec.n_trials))

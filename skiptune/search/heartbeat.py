@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+import warnings
 from types import TracebackType
 
 import optuna
@@ -58,3 +60,29 @@ class Heartbeat:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+
+
+class StaleSweep:
+    """``sweep(study)`` fails the study's stale trials (Optuna's ``fail_stale_trials``), at most once per
+    heartbeat interval per study; True when it ran (the study's trials may have changed).
+
+    A trial turns stale only after the grace period without a beat, so sweeping at every turn of the
+    worker loop (one query per study per trial claimed) found nothing new almost every time; once per
+    interval finds a dead worker's trial at most one interval later.
+    """
+
+    def __init__(self, storage: BaseStorage) -> None:
+        self._every = heartbeat_interval(storage)
+        self._last: dict[str, float] = {}
+
+    def __call__(self, study: optuna.Study) -> bool:
+        if self._every is None:
+            return False
+        now = time.monotonic()
+        if now - self._last.get(study.study_name, -float("inf")) < self._every:
+            return False
+        self._last[study.study_name] = now
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        return True

@@ -14,9 +14,12 @@ optuna-dashboard shows them as ordinary studies.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Any
 
 import optuna
+from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import FrozenTrial, TrialState
 
 # ---- study attributes of a main study
@@ -71,8 +74,29 @@ def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
 
 
 def fresh_trials(storage: optuna.storages.BaseStorage, sid: int) -> list[FrozenTrial]:
-    """All trials as the database holds them now (not through a per-process cache)."""
-    return storage.get_all_trials(sid, deepcopy=False)
+    """All trials as the database holds them now.
+
+    A finished trial never changes again (Optuna refuses every update to it), so on an RDB storage
+    finished trials are read once per process and kept: each call reads only the trials that were
+    unfinished at the last call and the ones created since (Optuna's ``_CachedStorage`` read path).
+    Without this a worker re-read every trial of every study at each turn of its loop, which made the
+    database time per trial grow with the number of trials (benchmarks/service_scaling.py).
+    """
+    return _reader(storage).get_all_trials(sid, deepcopy=False)
+
+
+_readers: weakref.WeakKeyDictionary[optuna.storages.RDBStorage, _CachedStorage] = weakref.WeakKeyDictionary()
+_readers_lock = threading.Lock()
+
+
+def _reader(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
+    if isinstance(storage, _CachedStorage) or not isinstance(storage, optuna.storages.RDBStorage):
+        return storage  # already cached (a study's storage), or no SQL behind it (in-memory, gRPC proxy)
+    with _readers_lock:
+        reader = _readers.get(storage)
+        if reader is None:
+            reader = _readers[storage] = _CachedStorage(storage)
+        return reader
 
 
 def pop_waiting(study: optuna.Study) -> optuna.Trial | None:

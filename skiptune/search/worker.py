@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import time
 import warnings
@@ -29,7 +30,7 @@ from skiptune.errors import SkiptuneError
 from skiptune.search.algorithms import build_sampler
 from skiptune.search.budget import fresh_trials, used_budget
 from skiptune.search.experiment import Experiment, advance, load_experiment
-from skiptune.search.heartbeat import heartbeat_interval
+from skiptune.search.heartbeat import StaleSweep, heartbeat_interval
 from skiptune.search.pruning import RungPruner
 from skiptune.search.stopping import StopSignal
 from skiptune.search.study import StoredStudy, StudySpec, canonical, find_studies
@@ -209,6 +210,8 @@ class _Loop:
         interval = heartbeat_interval(storage)
         self.poll_s = float(max(1, min(interval, 10))) if interval else None
         self.grace = float(getattr(storage, "grace_period", None) or 120)
+        self._sweep = StaleSweep(storage)
+        self._rng = random.Random(seed)
 
     def study(self, unit: Unit) -> optuna.Study:
         if unit.study_name not in self._optuna:
@@ -233,10 +236,8 @@ class _Loop:
         for phase in exp.phases:
             spec = replace(main.spec, space=phase.space, n_trials=phase.budget)
             unit = Unit("search", main, phase.name, spec)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                failed = optuna.storages.fail_stale_trials(self.study(unit))
-            trials = fresh_trials(self.storage, phase.study_id) if failed else phase.trials
+            swept = self._sweep(self.study(unit))
+            trials = fresh_trials(self.storage, phase.study_id) if swept else phase.trials
             used = used_budget(trials)
             waiting = any(t.state == TrialState.WAITING for t in trials)
             running += sum(t.state == TrialState.RUNNING for t in trials)
@@ -244,10 +245,8 @@ class _Loop:
                 search.append((used / phase.budget, unit))
         for r in exp.rounds:
             unit = Unit("validate", main, r.name, main.spec, exp.settings)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                failed = optuna.storages.fail_stale_trials(self.study(unit))
-            trials = fresh_trials(self.storage, r.study_id) if failed else r.trials
+            swept = self._sweep(self.study(unit))
+            trials = fresh_trials(self.storage, r.study_id) if swept else r.trials
             running += sum(t.state == TrialState.RUNNING for t in trials)
             if any(t.state == TrialState.WAITING for t in trials):
                 validate.append(unit)
@@ -275,7 +274,7 @@ class _Loop:
                 return min(search, key=lambda x: x[0])[1]
             if running == 0 or self.poll_s is None:
                 return None
-            time.sleep(self.poll_s)
+            time.sleep(self.poll_s * self._rng.uniform(0.5, 1.5))  # jitter: waiting workers spread out
         return None
 
 

@@ -25,7 +25,10 @@ SQLITE_BUSY_TIMEOUT_S = 60.0
 
 POSTGRES_ENGINE_KWARGS: dict[str, Any] = {
     "pool_pre_ping": True,  # a worker idle for hours must not fail on a connection the server dropped
-    "pool_size": 2,  # one process per GPU: a couple of connections each (heartbeat thread + loop)
+    # One process per GPU: one pooled connection each. The heartbeat thread's beat, when it meets a
+    # call of the loop, takes a second one for a moment (overflow, closed when returned); pool_size 2
+    # kept both open, 2 x workers in steady state (benchmarks/service_scaling.py, docs/distributed.md).
+    "pool_size": 1,
     "max_overflow": 4,
     "pool_recycle": 1800,
     "connect_args": {"connect_timeout": 10},
