@@ -3,8 +3,9 @@
 Optuna records heartbeats only inside ``Study.optimize``; workers use ask/tell (they pick among
 several studies and claim budget slots), so they beat themselves with the storage's own
 ``record_heartbeat``. The first beat is written before returning: a trial without any heartbeat
-row is never considered stale by Optuna, so a worker killed before its first beat would leave it
-RUNNING forever.
+row is never considered stale by Optuna (skiptune's own sweep, ``stale.py``, handles those too).
+A beat lost to a database outage is retried at the next interval; the outage is reported to the
+worker's ``StorageGuard`` (one log line for the whole outage, and the sweep waits after it).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import logging
 import threading
 from types import TracebackType
 
-import optuna
 from optuna.storages import BaseStorage
+
+from skiptune.search.resilience import StorageGuard, classify
 
 _log = logging.getLogger(__name__)
 
@@ -27,8 +29,9 @@ def heartbeat_interval(storage: BaseStorage) -> int | None:
 class Heartbeat:
     """``with Heartbeat(storage, trial_id):`` beats every ``heartbeat_interval`` seconds (no-op if off)."""
 
-    def __init__(self, storage: BaseStorage, trial_id: int) -> None:
+    def __init__(self, storage: BaseStorage, trial_id: int, *, guard: StorageGuard | None = None) -> None:
         self._storage = storage
+        self._guard = guard
         self._trial_id = trial_id
         self._interval = heartbeat_interval(storage)
         self._stop = threading.Event()
@@ -48,9 +51,17 @@ class Heartbeat:
         while not self._stop.wait(self._interval):
             try:
                 self._storage.record_heartbeat(self._trial_id)  # type: ignore[attr-defined]
-            except optuna.exceptions.StorageInternalError as exc:
+            except Exception as exc:
+                if classify(exc) is None:
+                    raise
                 # A lost beat is retried at the next interval; the grace period covers a few misses.
-                _log.warning("heartbeat of trial %d failed: %s", self._trial_id, exc)
+                if self._guard is not None:
+                    self._guard.note_failure(exc)
+                else:
+                    _log.warning("heartbeat of trial %d failed: %s", self._trial_id, exc)
+            else:
+                if self._guard is not None:
+                    self._guard.note_success()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -23,12 +23,29 @@ from skiptune.storage.url import mask_url, normalize_url
 #: Seconds a SQLite connection waits for another process's write lock before failing.
 SQLITE_BUSY_TIMEOUT_S = 60.0
 
+#: Server-side limits (milliseconds) set on every PostgreSQL session, so a frozen worker (SIGSTOP,
+#: a hung host) cannot hold locks or a connection slot forever: Optuna's transactions are short,
+#: so a minute idle inside one, or waiting for a lock, means its owner is gone.
+POSTGRES_SESSION_SETTINGS = {
+    "idle_in_transaction_session_timeout": 60_000,
+    "lock_timeout": 60_000,
+    "statement_timeout": 120_000,
+}
+
 POSTGRES_ENGINE_KWARGS: dict[str, Any] = {
     "pool_pre_ping": True,  # a worker idle for hours must not fail on a connection the server dropped
     "pool_size": 2,  # one process per GPU: a couple of connections each (heartbeat thread + loop)
     "max_overflow": 4,
     "pool_recycle": 1800,
-    "connect_args": {"connect_timeout": 10},
+    "connect_args": {
+        "connect_timeout": 10,
+        # TCP keepalives: a server (or network) that vanished is noticed in about a minute, not hours.
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        "options": " ".join(f"-c {k}={v}" for k, v in POSTGRES_SESSION_SETTINGS.items()),
+    },
 }
 
 GRPC_CONNECT_TIMEOUT_S = 10.0  # how long a verb waits for the gRPC storage proxy to answer
