@@ -7,12 +7,13 @@ every moment one of them counts against the budget, and it keeps the original's 
 check (``budget.within_budget``) sees it where the original was, so trials created meanwhile never
 push it out as over budget.
 
-Copy first, fail second leaves two races, both settled when a worker *takes* a copy
-(:func:`take`): the original may finish after all (its worker was only paused, or its last commit
-did land), and two workers may copy the same dead trial at once. A copy is run only if its original
-is failed without an evaluation of its own (by a sweep, or given back) and no copy of the same
-original has a smaller number; otherwise it is failed as ``superseded`` (not counted) and nothing
-is evaluated.
+Only one process copies a trial: it first claims the re-run (``records.claim_rerun``, an atomic
+insert), so two workers sweeping the same dead trial at once make one copy. Copy first, fail second
+still leaves rare races, settled when a worker *takes* a copy (:func:`take`): the original may
+finish after all (its worker was only paused, or its last commit did land), and a claimant that
+died half-way may leave a copy behind. A copy is run only if its original is failed without an
+evaluation of its own (by a sweep, or given back) and no copy of the same original has a smaller
+number; otherwise it is failed as ``superseded`` (not counted) and nothing is evaluated.
 """
 
 from __future__ import annotations
@@ -60,10 +61,13 @@ def enqueue_copy(study: optuna.Study, original: FrozenTrial, *, stale: bool) -> 
     return True
 
 
-def rerun_stale(study: optuna.Study, original: FrozenTrial) -> bool:
-    """Re-run a dead worker's RUNNING trial: copy first, then fail it; False if it finished meanwhile."""
+def rerun_stale(study: optuna.Study, original: FrozenTrial, *, grace: float) -> bool:
+    """Re-run a dead worker's RUNNING trial: claim, copy, then fail it; False if another process does
+    it, or it finished meanwhile."""
     storage = rec.study_storage(study)
     if original.state != TrialState.RUNNING:
+        return False
+    if not rec.claim_rerun(storage, rec.trial_id(original), expire_s=grace):
         return False
     copied = enqueue_copy(study, original, stale=True)
     try:
@@ -125,15 +129,20 @@ def taken_over(study: optuna.Study, trial: optuna.Trial) -> bool:
     return True
 
 
-def release(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
+def release(study: optuna.Study, trial: optuna.Trial, why: str) -> bool:
     """Give the trial back: enqueue its copy first (never a moment with neither counted), then fail it
-    as ``released`` (not counted). Raises ``UpdateFinishedTrialError`` if it had finished already."""
-    frozen = rec.study_storage(study).get_trial(rec.trial_id(trial))
+    as ``released`` (not counted). False if a sweep is re-running it already (this worker was paused
+    past the grace period); raises ``UpdateFinishedTrialError`` if it had finished already."""
+    storage = rec.study_storage(study)
+    if not rec.claim_rerun(storage, rec.trial_id(trial), expire_s=float("inf")):
+        return False
+    frozen = storage.get_trial(rec.trial_id(trial))
     copied = enqueue_copy(study, frozen, stale=False)
     reason = f"{why}; params re-enqueued" if copied else why
     _log.info("trial %d given back: %s", trial.number, reason)
     trial.set_user_attr(rec.FAIL_ATTR, {"kind": rec.RELEASED, "reason": reason[:500]})
     study.tell(trial, state=TrialState.FAIL)
+    return True
 
 
 @dataclass
@@ -155,9 +164,9 @@ class Held:
         if taken_over(study, trial):
             return "dropped"
         try:
-            release(study, trial, why)
+            if release(study, trial, why):
+                return "released"
         except (UpdateFinishedTrialError, ValueError):
             if not taken_over(study, trial):
                 raise
-            return "dropped"
-        return "released"
+        return "dropped"  # ended elsewhere, or a sweep claimed it first and re-runs it

@@ -14,10 +14,16 @@ optuna-dashboard shows them as ordinary studies.
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import time
+import uuid
 from typing import Any
 
 import optuna
 import sqlalchemy
+import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 # ---- study attributes of a main study
@@ -61,6 +67,7 @@ SUPERSEDED = "superseded"  # a copy made redundant (its original finished after 
 # ---- Optuna's own attribute names that skiptune writes too
 FIXED_PARAMS = "fixed_params"  # system attr of an enqueued trial (``Study.enqueue_trial``)
 FAILED_TRIAL = "failed_trial"  # system attr of a re-run (as ``RetryHeartbeatStaleTrialCallback`` writes it)
+CLAIM_ATTR = "skiptune_rerun_claim"  # system attr: who re-runs this trial ({"by": token, "at": unix time})
 
 
 def companion_name(main: str, kind: str, index: int) -> str:
@@ -115,18 +122,64 @@ def trial_by_number(storage: optuna.storages.BaseStorage, sid: int, number: int)
     return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(sid, number))
 
 
+_TOKEN = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _rdb(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage | None:
+    storage = getattr(storage, "_backend", storage)  # a Study's storage wraps the RDB one in a cache
+    return storage if isinstance(storage, optuna.storages.RDBStorage) else None
+
+
+def claim_rerun(storage: optuna.storages.BaseStorage, trial_id: int, *, expire_s: float) -> bool:
+    """Atomically become the one process that re-runs trial ``trial_id`` (copies and fails it).
+
+    The claim is a system attribute inserted once (the schema makes (trial, key) unique, so of two
+    racing inserts one fails). A claim older than ``expire_s`` (its claimant died half-way) is taken
+    over by a compare-and-set update. True for storages without the schema (nothing to race on).
+    """
+    backend = _rdb(storage)
+    if backend is None:
+        return True
+    from optuna.storages._rdb.models import TrialSystemAttributeModel as Attr
+
+    mine = json.dumps({"by": _TOKEN, "at": time.time()})
+    session = backend.scoped_session()
+    try:
+        session.add(Attr(trial_id=trial_id, key=CLAIM_ATTR, value_json=mine))
+        session.commit()
+        return True
+    except sqlalchemy.exc.IntegrityError:
+        session.rollback()
+    try:
+        query = session.query(Attr).filter(Attr.trial_id == trial_id, Attr.key == CLAIM_ATTR)
+        theirs = str(query.one().value_json)
+        claim = json.loads(theirs)
+        if claim["by"] == _TOKEN:  # ours, from an attempt cut off half-way
+            session.commit()
+            return True
+        if time.time() - float(claim["at"]) < expire_s:
+            session.commit()
+            return False
+        won = query.filter(Attr.value_json == theirs).update({"value_json": mine}) == 1
+        session.commit()
+        return won
+    except BaseException:
+        session.rollback()
+        raise
+
+
 def running_heartbeats(storage: optuna.storages.BaseStorage, sid: int) -> list[tuple[int, float | None]]:
     """(trial id, seconds since its last heartbeat, or None if it never beat) of every RUNNING trial.
 
     Ages are measured on the database's clock (the one that stamped the beats), so workers' clocks
     may disagree. Empty for storages without heartbeats (the gRPC proxy).
     """
-    storage = getattr(storage, "_backend", storage)  # a Study's storage wraps the RDB one in a cache
-    if not isinstance(storage, optuna.storages.RDBStorage):
+    backend = _rdb(storage)
+    if backend is None:
         return []
     from optuna.storages._rdb import models
 
-    session = storage.scoped_session()
+    session = backend.scoped_session()
     try:
         now = session.execute(sqlalchemy.func.now()).scalar()
         rows = (

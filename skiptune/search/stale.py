@@ -4,7 +4,7 @@ A RUNNING trial is stale when its last heartbeat is older than the grace period 
 or when it never beat and this process has seen it so for longer than the grace period (a worker
 that died between creating or taking a trial and its first beat; Optuna's own sweep skips those,
 so they would stay RUNNING forever and the fleet would wait for them). Each stale trial is re-run
-through ``lineage.rerun_stale``: copy first, then fail, the copy keeping the original's budget place.
+through ``lineage.rerun_stale``: claim, copy, then fail, the copy keeping the original's budget place.
 
 Right after a database outage nobody could beat, so a worker sweeps only once the storage has
 answered it for a whole grace period (``StorageGuard.quiet_for``): live workers beat again first.
@@ -41,5 +41,5 @@ class StaleSweep:
                 self._unbeaten_since.pop(tid, None)
                 stale = age > self.grace
             if stale:
-                failed += lineage.rerun_stale(study, storage.get_trial(tid))
+                failed += lineage.rerun_stale(study, storage.get_trial(tid), grace=self.grace)
         return failed

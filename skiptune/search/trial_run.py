@@ -109,8 +109,7 @@ def _claimed(
     try:
         return _evaluate(study, trial, spec, objective, stop)
     except WorkerStopped:
-        release_trial(study, trial)
-        return TrialOutcome(trial.number, "released")
+        return TrialOutcome(trial.number, "released" if release_trial(study, trial) else "dropped")
 
 
 def _evaluate(
@@ -147,6 +146,7 @@ def fail_trial(study: optuna.Study, trial: optuna.Trial, kind: str, reason: str)
     study.tell(trial, state=TrialState.FAIL)
 
 
-def release_trial(study: optuna.Study, trial: optuna.Trial) -> None:
-    """Give the trial back (SIGINT/SIGTERM): its copy is enqueued first, then it is failed as released."""
-    lineage.release(study, trial, "the worker was stopped")
+def release_trial(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Give the trial back (SIGINT/SIGTERM): its copy is enqueued first, then it is failed as released.
+    False if a sweep re-runs it already."""
+    return lineage.release(study, trial, "the worker was stopped")

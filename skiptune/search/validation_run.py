@@ -82,8 +82,7 @@ def _run_job(
                 blocks=settings.blocks,
             )
     except WorkerStopped:
-        release_trial(study, trial)
-        return TrialOutcome(trial.number, "released")
+        return TrialOutcome(trial.number, "released" if release_trial(study, trial) else "dropped")
     except (EvaluationError, torch.OutOfMemoryError) as exc:
         fail_trial(study, trial, rec.EVALUATION_FAILED, f"{type(exc).__name__}: {exc}")
         return TrialOutcome(trial.number, "failed")
