@@ -32,6 +32,7 @@ import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
 from skiptune.cli import main as cli
+from skiptune.errors import SkiptuneError
 from skiptune.search import lineage
 from skiptune.search import records as rec
 from skiptune.search.budget import counts_against_budget, used_budget
@@ -199,6 +200,35 @@ def test_two_copies_of_one_trial_run_once(search_assets: SearchAssets, tmp_path:
 
 
 FINISHED_NAMES = ("complete", "pruned")
+
+
+def test_gpu_failure_gives_the_trial_back_and_stops(search_assets: SearchAssets, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert cli([*search_assets.study_args(nfes="2", trials=2, storage=url), "--no-validate"]) == 0
+
+    def lost_device(net: Any, spec: Any, *, device: Any, batch_size: int) -> Any:
+        objective = build_objective(net, spec, device=device, batch_size=batch_size)
+
+        def evaluate(schedule: Any) -> Any:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors ...")
+            yield  # a generator, as the real one
+
+        objective.evaluate = evaluate  # type: ignore[method-assign]
+        return objective
+
+    with pytest.raises(SkiptuneError, match=r"^the device failed \(CUDA error: an illegal memory access"):
+        run_worker(
+            url,
+            model=str(search_assets.model),
+            device="cpu",
+            heartbeat=1,
+            grace=2,
+            objective_factory=lost_device,
+        )
+    (trials,) = [t for name, t in _all_trials(url).items()]
+    assert trials[0].user_attrs[rec.FAIL_ATTR]["kind"] == rec.RELEASED  # given back, not counted
+    assert [t.state for t in trials[1:]] == [TrialState.WAITING]  # its copy waits for another worker
+    assert trials[1].user_attrs[rec.RERUN_OF_ATTR] == trials[0].number
 
 
 # ------------------------------------------------------------------------------ the storage boundary

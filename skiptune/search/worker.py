@@ -36,7 +36,7 @@ from skiptune.search.experiment import Experiment, advance, load_experiment
 from skiptune.search.heartbeat import heartbeat_interval
 from skiptune.search.lineage import MAX_RETRIES, Held
 from skiptune.search.pruning import RungPruner
-from skiptune.search.resilience import DEFAULT_DB_TIMEOUT_S, StorageGuard
+from skiptune.search.resilience import DEFAULT_DB_TIMEOUT_S, StorageGuard, first_line
 from skiptune.search.stale import StaleSweep
 from skiptune.search.stopping import StopSignal
 from skiptune.search.study import StoredStudy, StudySpec, canonical, find_studies
@@ -125,6 +125,8 @@ def run_worker(
             try:
                 outcome = _run_unit(loop, unit, objective, worker_id, stop, precision_used, held)
             except Exception as exc:  # the boundary: storage failures become a give-back or one line
+                if _is_device_failure(exc):
+                    raise _device_failure(exc, guard, held) from None
                 outcome = _give_back_after(exc, guard, held, stop)
             if outcome is None:
                 continue  # another worker took the last job first
@@ -147,6 +149,24 @@ def _give_back_after(
         lambda: held.give_back("the database went away mid-trial"), stopped=lambda: stop.requested
     )
     return None if held.trial is None or state is None else TrialOutcome(held.trial.number, state)
+
+
+_DEVICE_ERRORS = ("CUDA error", "CUDA driver", "cuDNN error", "CUBLAS_STATUS", "device-side assert")
+
+
+def _is_device_failure(exc: Exception) -> bool:
+    return isinstance(exc, RuntimeError) and any(w in str(exc) for w in _DEVICE_ERRORS)
+
+
+def _device_failure(exc: Exception, guard: StorageGuard, held: Held) -> SkiptuneError:
+    """The GPU failed outside what an evaluation may fail with (an Xid error, a lost device): its CUDA
+    context is unusable, so the trial is given back (another worker re-runs it) and this one stops."""
+    reason = first_line(exc)
+    state = guard.call(lambda: held.give_back(f"device error: {reason}"))
+    return SkiptuneError(
+        f"the device failed ({reason}); its trial was {state or 'not yet taken'}; check the GPU "
+        "(nvidia-smi, the kernel log), then start the worker again"
+    )
 
 
 def _run_unit(

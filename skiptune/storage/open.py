@@ -61,8 +61,8 @@ def open_storage(
     """Open (and create the tables of) the storage at ``url``.
 
     ``heartbeat_interval``/``grace_period`` (seconds) turn on Optuna's heartbeat: a RUNNING trial
-    whose process stopped beating for ``grace_period`` is failed by ``fail_stale_trials``, which
-    then calls ``stale_trial_callback`` once per failed trial (in the one process that failed it).
+    whose process stopped beating for ``grace_period`` is stale (workers sweep those themselves,
+    ``skiptune.search.stale``; ``stale_trial_callback`` serves Optuna's own ``fail_stale_trials``).
     """
     url = normalize_url(url)
     if url.startswith("grpc://"):
