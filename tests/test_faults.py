@@ -386,22 +386,41 @@ def _fleet_worker(assets: SearchAssets, url: str, log: Path, *, batch_size: int)
     return subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
-def _catch(victim: subprocess.Popen[bytes], url: str, timeout: float = 300) -> FrozenTrial:
-    """SIGSTOP the worker until it is caught holding a RUNNING trial (search or job); it stays frozen."""
+def _catch(victims: list[subprocess.Popen[bytes]], url: str, timeout: float = 300) -> list[FrozenTrial]:
+    """SIGSTOP the workers until each is caught holding a RUNNING trial (search or job); they stay frozen."""
+    storage, caught = _plain(url), {}
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert victim.poll() is None, "the victim exited before it was caught"
-        os.kill(victim.pid, signal.SIGSTOP)
-        mine = [
-            t for trials in _all_trials(url).values() for t in trials
-            if t.state == TrialState.RUNNING and str(t.user_attrs.get(rec.WORKER_ATTR, "::")).split(":")[1]
-            == str(victim.pid)
+    while len(caught) < len(victims):
+        assert time.monotonic() < deadline, "never caught the victims inside a trial"
+        loose = [v for v in victims if v.pid not in caught]
+        for v in loose:
+            assert v.poll() is None, "a victim exited before it was caught"
+            os.kill(v.pid, signal.SIGSTOP)
+        running = [
+            t for st in storage.get_all_studies()
+            for t in storage.get_all_trials(st._study_id, states=(TrialState.RUNNING,))
         ]  # fmt: skip
-        if mine:
-            return mine[0]
-        os.kill(victim.pid, signal.SIGCONT)
+        for v in loose:
+            mine = [
+                t for t in running if str(t.user_attrs.get(rec.WORKER_ATTR, "::")).split(":")[1] == str(v.pid)
+            ]
+            if mine:
+                caught[v.pid] = mine[0]
+            else:
+                os.kill(v.pid, signal.SIGCONT)
         time.sleep(0.05)
-    raise AssertionError("never caught the victim inside a trial")
+    return [caught[v.pid] for v in victims]
+
+
+def _finished(url: str) -> int:
+    return sum(t.state in FINISHED for trials in _all_trials(url).values() for t in trials)
+
+
+def _wait_for(condition: Any, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
 
 
 def _state_of(url: str, trial: FrozenTrial) -> TrialState:
@@ -416,21 +435,21 @@ def test_fleet_rides_out_restart_kill_and_freeze(
     args = search_assets.study_args(nfes="2,3", trials=budget, storage=url, n_samples=32, rungs="16,32")
     assert cli([*args, "--validate-samples", "32", "--validate-blocks", "4", "--growth-trials", "0"]) == 0
     logs = [tmp_path / f"w{i}.log" for i in range(10)]
+    # the two victims first (batch size 1: long trials), caught inside their first trial
     killed_w = _fleet_worker(search_assets, url, logs[0], batch_size=1)
     frozen_w = _fleet_worker(search_assets, url, logs[1], batch_size=1)
-    others = [_fleet_worker(search_assets, url, log, batch_size=4) for log in logs[2:]]
+    others: list[subprocess.Popen[bytes]] = []
     try:
-        killed = _catch(killed_w, url)
+        killed, frozen = _catch([killed_w, frozen_w], url)  # the frozen one stays so past --grace
         os.kill(killed_w.pid, signal.SIGKILL)
         killed_w.wait()
-        frozen = _catch(frozen_w, url)  # stays frozen through the outage and past --grace
-        pg.stop()
+        others = [_fleet_worker(search_assets, url, log, batch_size=4) for log in logs[2:]]
+        _wait_for(lambda: _finished(url) >= 3, "the others to finish 3 trials")
+        pg.stop()  # the database goes away mid-run for 10 s
         time.sleep(10)
         pg.start()
-        deadline = time.monotonic() + 60
-        while _state_of(url, frozen) == TrialState.RUNNING and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert _state_of(url, frozen) == TrialState.FAIL  # swept by the others while frozen
+        _wait_for(lambda: _state_of(url, frozen) != TrialState.RUNNING, "the frozen trial to be swept")
+        assert _state_of(url, frozen) == TrialState.FAIL
         os.kill(frozen_w.pid, signal.SIGCONT)
         codes = [w.wait(timeout=300) for w in [frozen_w, *others]]
     finally:

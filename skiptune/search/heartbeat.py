@@ -16,6 +16,7 @@ from types import TracebackType
 
 from optuna.storages import BaseStorage
 
+from skiptune.search.records import reset_session
 from skiptune.search.resilience import StorageGuard, classify
 
 _log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class Heartbeat:
                 if classify(exc) is None:
                     raise
                 # A lost beat is retried at the next interval; the grace period covers a few misses.
+                reset_session(self._storage)  # this thread's session, maybe left needing a rollback
                 if self._guard is not None:
                     self._guard.note_failure(exc)
                 else:

@@ -14,6 +14,7 @@ optuna-dashboard shows them as ordinary studies.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -166,6 +167,15 @@ def claim_rerun(storage: optuna.storages.BaseStorage, trial_id: int, *, expire_s
     except BaseException:
         session.rollback()
         raise
+
+
+def reset_session(storage: optuna.storages.BaseStorage) -> None:
+    """Drop the calling thread's session: after a cut connection Optuna's read paths may leave it
+    needing a rollback ("Can't reconnect until invalid transaction is rolled back")."""
+    backend = _rdb(storage)
+    if backend is not None:
+        with contextlib.suppress(Exception):  # closing over a dead connection may itself fail
+            backend.scoped_session.remove()
 
 
 def running_heartbeats(storage: optuna.storages.BaseStorage, sid: int) -> list[tuple[int, float | None]]:

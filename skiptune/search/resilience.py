@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import logging
 import random
+import re
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -50,6 +51,9 @@ _TRANSIENT_WORDS = (
 )
 
 
+_BACKGROUND = re.compile(r"\s*\(Background on this error at: [^)]*\)")
+
+
 class StorageUnavailable(SkiptuneError):
     """The storage failed for good (gone past the timeout, or a permanent failure): one line, exit 2."""
 
@@ -62,8 +66,8 @@ def first_line(exc: BaseException) -> str:
         if inner is None or inner is seen:
             break
         seen = inner
-    text = str(seen).strip().splitlines()
-    return text[0] if text else type(seen).__name__
+    text = _BACKGROUND.sub("", str(seen)).strip().splitlines()
+    return text[0].strip() if text else type(seen).__name__
 
 
 def classify(exc: BaseException) -> str | None:
@@ -73,6 +77,8 @@ def classify(exc: BaseException) -> str | None:
     storage_types = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
     if not isinstance(exc, storage_types):
         return None
+    if isinstance(exc, sqlalchemy.exc.PendingRollbackError):
+        return TRANSIENT  # a session left dirty by a cut connection: the guard resets it
     cause: BaseException = exc
     while not isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.__cause__ is not None:
         cause = cause.__cause__
@@ -92,9 +98,15 @@ def classify(exc: BaseException) -> str | None:
 
 
 def permanent_failure(exc: BaseException) -> StorageUnavailable:
+    reason = first_line(exc)
+    if any(w in reason.lower() for w in _PERMANENT_WORDS):
+        return StorageUnavailable(
+            f"the database refused a write ({reason}); free disk space or make the database "
+            "writable (or point --storage elsewhere), then start the worker again"
+        )
     return StorageUnavailable(
-        f"the database refused a write ({first_line(exc)}); free disk space or make the database "
-        "writable (or point --storage elsewhere), then start the worker again"
+        f"the database failed ({reason}); check the database server's log and the storage URL, "
+        "then start the worker again"
     )
 
 
@@ -102,9 +114,15 @@ class StorageGuard:
     """Retries storage work through outages of up to ``timeout_s`` seconds (see the module docstring)."""
 
     def __init__(
-        self, timeout_s: float = DEFAULT_DB_TIMEOUT_S, *, sleep: Callable[[float], None] = time.sleep
+        self,
+        timeout_s: float = DEFAULT_DB_TIMEOUT_S,
+        *,
+        reset: Callable[[], None] = lambda: None,
+        sleep: Callable[[float], None] = time.sleep,
     ):
+        """``reset``: drop this thread's database session (a cut connection leaves it unusable)."""
         self.timeout_s = timeout_s
+        self._reset = reset
         self._sleep = sleep
         self._down_since: float | None = None
         self._back_at = -float("inf")
@@ -135,6 +153,7 @@ class StorageGuard:
         if kind == PERMANENT:
             raise permanent_failure(exc) from None
         down = self.note_failure(exc)
+        self._reset()
         if time.monotonic() - down > self.timeout_s:
             raise StorageUnavailable(
                 f"the database stayed unreachable for {self.timeout_s:g} s ({first_line(exc)}); check that "

@@ -36,6 +36,7 @@ from skiptune.search.experiment import Experiment, advance, load_experiment
 from skiptune.search.heartbeat import heartbeat_interval
 from skiptune.search.lineage import MAX_RETRIES, Held
 from skiptune.search.pruning import RungPruner
+from skiptune.search.records import reset_session
 from skiptune.search.resilience import DEFAULT_DB_TIMEOUT_S, StorageGuard, first_line
 from skiptune.search.stale import StaleSweep
 from skiptune.search.stopping import StopSignal
@@ -92,7 +93,7 @@ def run_worker(
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(storage_url, heartbeat_interval=heartbeat, grace_period=grace)
-    guard = StorageGuard(db_timeout)
+    guard = StorageGuard(db_timeout, reset=lambda: reset_session(storage))
     dev = resolve_device(device)
     from skiptune.nets.registry import load_model  # heavy import, after the cheap checks
 
