@@ -5,7 +5,8 @@ several studies and claim budget slots), so they beat themselves with the storag
 ``record_heartbeat``. The first beat is written before returning: a trial without any heartbeat
 row is never considered stale by Optuna (skiptune's own sweep, ``stale.py``, handles those too).
 A beat lost to a database outage is retried at the next interval; the outage is reported to the
-worker's ``StorageGuard`` (one log line for the whole outage, and the sweep waits after it).
+worker's ``StorageGuard`` (one log line for the whole outage, and the sweep waits after it); the
+worker's own next storage call, not a beat, declares the database back.
 """
 
 from __future__ import annotations
@@ -61,9 +62,6 @@ class Heartbeat:
                     self._guard.note_failure(exc)
                 else:
                     _log.warning("heartbeat of trial %d failed: %s", self._trial_id, exc)
-            else:
-                if self._guard is not None:
-                    self._guard.note_success()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

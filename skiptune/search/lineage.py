@@ -120,11 +120,11 @@ def taken_over(study: optuna.Study, trial: optuna.Trial) -> bool:
     if not state.is_finished():
         return False
     _log.warning(
-        "trial %d of %s is already %s (ended elsewhere while this worker was paused or cut off; "
-        "a re-run goes on elsewhere): dropping it",
+        "trial %d of %s is already %s (recorded while this worker was paused or cut off%s): dropping it",
         trial.number,
         study.study_name,
         state.name,
+        "; a re-run goes on elsewhere" if state == TrialState.FAIL else "",
     )
     return True
 
