@@ -256,6 +256,11 @@ def test_storage_errors_are_sorted() -> None:
     except optuna.exceptions.StorageInternalError as exc:
         assert classify(exc) == PERMANENT
     assert classify(OSError(28, "No space left on device")) == PERMANENT
+    dirty = sqlalchemy.exc.PendingRollbackError("Can't reconnect until invalid transaction is rolled back.")
+    try:
+        raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from dirty
+    except optuna.exceptions.StorageInternalError as exc:
+        assert classify(exc) == TRANSIENT
     assert classify(ValueError("not ours")) is None
 
 

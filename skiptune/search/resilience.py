@@ -42,6 +42,7 @@ _PERMANENT_WORDS = (
     "file is not a database", "unable to open database file",
 )  # fmt: skip
 _TRANSIENT_WORDS = (
+    "rolled back",
     "database is locked",
     "connection",
     "server closed",
@@ -77,8 +78,11 @@ def classify(exc: BaseException) -> str | None:
     storage_types = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
     if not isinstance(exc, storage_types):
         return None
-    if isinstance(exc, sqlalchemy.exc.PendingRollbackError):
-        return TRANSIENT  # a session left dirty by a cut connection: the guard resets it
+    link: BaseException | None = exc
+    while link is not None:
+        if isinstance(link, sqlalchemy.exc.PendingRollbackError):
+            return TRANSIENT  # a session left dirty by a cut connection: the guard resets it
+        link = link.__cause__
     cause: BaseException = exc
     while not isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.__cause__ is not None:
         cause = cause.__cause__
