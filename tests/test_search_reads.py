@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from skiptune.search.heartbeat import StaleSweep
 from skiptune.search.records import fresh_trials
+from skiptune.search.stale import StaleSweep
 from skiptune.storage import open_storage
 
 pytest_plugins = ["storage_fixtures"]  # storage_url: SQLite file or fresh PostgreSQL database
@@ -40,11 +41,13 @@ def test_fresh_trials_sees_every_change_made_elsewhere(storage_url: str) -> None
 
 
 def test_stale_sweep_runs_once_per_interval_per_study(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/s.db"
-    storage = open_storage(url, heartbeat_interval=60, grace_period=120)
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat_interval=60, grace_period=120)
     a = optuna.create_study(study_name="a", storage=storage)
-    b = optuna.create_study(study_name="b", storage=storage)
-    sweep = StaleSweep(storage)
-    assert sweep(a) and sweep(b)  # the first sweep of each study runs
-    assert not sweep(a) and not sweep(b)  # within the interval: skipped
-    assert not StaleSweep(open_storage(url))(a)  # no heartbeat: never sweeps
+    a.ask()  # RUNNING, never beats: stale once a sweep has seen it so for longer than the grace period
+    lazy, eager = StaleSweep(grace=0.0, every=60), StaleSweep(grace=0.0)
+    assert lazy.sweep(a) == 0 and eager.sweep(a) == 0  # first sight starts the clock
+    time.sleep(0.05)
+    assert lazy.sweep(a) == 0  # within its interval: skipped, no query
+    assert a.trials[0].state == TrialState.RUNNING
+    eager.sweep(a)
+    assert a.trials[0].state == TrialState.FAIL

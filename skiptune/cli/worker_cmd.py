@@ -14,7 +14,8 @@ DESCRIPTION = """Loads the model once, then repeatedly picks the study with the 
 evaluates one trial (pruned early at the rungs when clearly worse) and records it. Any number of
 workers on any number of machines may share one --storage. A killed worker's trial is failed after
 --grace seconds without heartbeat and re-run by another worker. SIGINT/SIGTERM: the current trial
-is given back (re-enqueued) and the worker exits 0.
+is given back (re-enqueued) and the worker exits 0. When the database goes away the worker retries
+for up to --db-timeout seconds (its trial, if cut off, is given back), then exits 2 with one line.
 
 examples:
   skiptune worker --model demo                               # all NFEs, auto device
@@ -48,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds without heartbeat before a trial counts as dead (default: %(default)s)",
     )
     parser.add_argument(
+        "--db-timeout",
+        type=float,
+        default=300.0,
+        help="seconds to ride out an unreachable database before exiting 2 (default: %(default)s)",
+    )
+    parser.add_argument(
         "--precision",
         default="auto",
         choices=["auto", "fp32", "bf16", "fp16"],
@@ -62,6 +69,8 @@ def _check(args: argparse.Namespace) -> None:
             raise SkiptuneError(
                 f"bad --{name.replace('_', '-')} {getattr(args, name)}: expected a positive integer"
             )
+    if not args.db_timeout >= 0:  # also refuses nan
+        raise SkiptuneError(f"bad --db-timeout {args.db_timeout}: expected seconds >= 0, e.g. 300")
     if args.grace <= args.heartbeat:
         raise SkiptuneError(
             f"--grace {args.grace} must exceed --heartbeat {args.heartbeat} (a few missed beats), e.g. 4x"
@@ -82,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         heartbeat=args.heartbeat,
         grace=args.grace,
         precision=args.precision,
+        db_timeout=args.db_timeout,
     )
     if args.devices:
         devices = [f"cuda:{i}" for i in parse_int_list(args.devices, what="device")]

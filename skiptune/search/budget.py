@@ -12,6 +12,10 @@ at once, before any evaluation. Every trial that ever counts does so from its cr
 finishes, so of any ``budget + 1`` trials counting at the same time the youngest saw all others at
 its check and refused itself: never more than ``budget`` evaluations count, and workers keep
 claiming while fewer count, so the budget is met exactly.
+
+A re-run (``lineage.py``) is enqueued before its original is failed and keeps the original's
+*place*: the rule above reads "places" for "numbers", a lineage counts once however many of its
+trials count at the moment, and it counts without a gap from its first trial's creation on.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from skiptune.search.lineage import place
 from skiptune.search.records import (  # re-exported: the fail kinds are part of the budget's rule
     EVALUATION_FAILED,
     FAIL_ATTR,
@@ -55,12 +60,14 @@ def counts_against_budget(trial: FrozenTrial) -> bool:
 
 
 def used_budget(trials: list[FrozenTrial]) -> int:
-    return sum(counts_against_budget(t) for t in trials)
+    return len({place(t) for t in trials if counts_against_budget(t)})
 
 
 def within_budget(
     storage: optuna.storages.BaseStorage, study_id: int, trial_number: int, budget: int
 ) -> bool:
     """Whether the trial numbered ``trial_number`` (already created) holds one of the budget's slots."""
-    ahead = sum(counts_against_budget(t) for t in fresh_trials(storage, study_id) if t.number < trial_number)
-    return ahead < budget
+    trials = fresh_trials(storage, study_id)
+    mine = place(next(t for t in trials if t.number == trial_number))
+    ahead = {place(t) for t in trials if counts_against_budget(t) and place(t) < mine}
+    return len(ahead) < budget

@@ -3,20 +3,22 @@
 Optuna records heartbeats only inside ``Study.optimize``; workers use ask/tell (they pick among
 several studies and claim budget slots), so they beat themselves with the storage's own
 ``record_heartbeat``. The first beat is written before returning: a trial without any heartbeat
-row is never considered stale by Optuna, so a worker killed before its first beat would leave it
-RUNNING forever.
+row is never considered stale by Optuna (skiptune's own sweep, ``stale.py``, handles those too).
+A beat lost to a database outage is retried at the next interval; the outage is reported to the
+worker's ``StorageGuard`` (one log line for the whole outage, and the sweep waits after it); the
+worker's own next storage call, not a beat, declares the database back.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-import warnings
 from types import TracebackType
 
-import optuna
 from optuna.storages import BaseStorage
+
+from skiptune.search.records import reset_session
+from skiptune.search.resilience import StorageGuard, classify
 
 _log = logging.getLogger(__name__)
 
@@ -29,8 +31,9 @@ def heartbeat_interval(storage: BaseStorage) -> int | None:
 class Heartbeat:
     """``with Heartbeat(storage, trial_id):`` beats every ``heartbeat_interval`` seconds (no-op if off)."""
 
-    def __init__(self, storage: BaseStorage, trial_id: int) -> None:
+    def __init__(self, storage: BaseStorage, trial_id: int, *, guard: StorageGuard | None = None) -> None:
         self._storage = storage
+        self._guard = guard
         self._trial_id = trial_id
         self._interval = heartbeat_interval(storage)
         self._stop = threading.Event()
@@ -50,9 +53,15 @@ class Heartbeat:
         while not self._stop.wait(self._interval):
             try:
                 self._storage.record_heartbeat(self._trial_id)  # type: ignore[attr-defined]
-            except optuna.exceptions.StorageInternalError as exc:
+            except Exception as exc:
+                if classify(exc) is None:
+                    raise
                 # A lost beat is retried at the next interval; the grace period covers a few misses.
-                _log.warning("heartbeat of trial %d failed: %s", self._trial_id, exc)
+                reset_session(self._storage)  # this thread's session, maybe left needing a rollback
+                if self._guard is not None:
+                    self._guard.note_failure(exc)
+                else:
+                    _log.warning("heartbeat of trial %d failed: %s", self._trial_id, exc)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -60,29 +69,3 @@ class Heartbeat:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-
-
-class StaleSweep:
-    """``sweep(study)`` fails the study's stale trials (Optuna's ``fail_stale_trials``), at most once per
-    heartbeat interval per study; True when it ran (the study's trials may have changed).
-
-    A trial turns stale only after the grace period without a beat, so sweeping at every turn of the
-    worker loop (one query per study per trial claimed) found nothing new almost every time; once per
-    interval finds a dead worker's trial at most one interval later.
-    """
-
-    def __init__(self, storage: BaseStorage) -> None:
-        self._every = heartbeat_interval(storage)
-        self._last: dict[str, float] = {}
-
-    def __call__(self, study: optuna.Study) -> bool:
-        if self._every is None:
-            return False
-        now = time.monotonic()
-        if now - self._last.get(study.study_name, -float("inf")) < self._every:
-            return False
-        self._last[study.study_name] = now
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        return True

@@ -14,13 +14,21 @@ optuna-dashboard shows them as ordinary studies.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import socket
 import threading
+import time
+import uuid
 import weakref
 from typing import Any
 
 import optuna
+import sqlalchemy
+import sqlalchemy.exc
 from optuna.storages._cached_storage import _CachedStorage
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial, TrialState, create_trial
 
 # ---- study attributes of a main study
 IDENTITY_ATTR = "skiptune_identity"
@@ -42,6 +50,9 @@ VALIDATION = "validation"
 ROLE_ATTR = "skiptune_role"  # baseline / warm_start / prior (copied into a grow phase) / candidate
 WARM_FROM_ATTR = "skiptune_warm_from"
 RELEASED_FROM_ATTR = "skiptune_released_from"
+RERUN_OF_ATTR = "skiptune_rerun_of"  # number of the trial this copy re-runs (its worker died or gave it back)
+PLACE_ATTR = "skiptune_place"  # a copy's place in the budget: the number of the first trial of its lineage
+RETRIES_ATTR = "skiptune_retries"  # how many times the lineage's worker died (stale re-runs so far)
 WORKER_ATTR = "skiptune_worker"  # host:pid:index of the evaluating worker
 PRECISION_ATTR = "skiptune_precision"  # fp32 / bf16 / fp16: what the evaluating worker sampled in
 FAIL_ATTR = "skiptune_fail"  # {"kind": ..., "reason": ...} when skiptune failed the trial
@@ -55,6 +66,12 @@ CANDIDATE = "candidate"
 EVALUATION_FAILED = "evaluation"
 OVER_BUDGET = "over_budget"
 RELEASED = "released"
+SUPERSEDED = "superseded"  # a copy made redundant (its original finished after all, or another copy won)
+
+# ---- Optuna's own attribute names that skiptune writes too
+FIXED_PARAMS = "fixed_params"  # system attr of an enqueued trial (``Study.enqueue_trial``)
+FAILED_TRIAL = "failed_trial"  # system attr of a re-run (as ``RetryHeartbeatStaleTrialCallback`` writes it)
+CLAIM_ATTR = "skiptune_rerun_claim"  # system attr: who re-runs this trial ({"by": token, "at": unix time})
 
 
 def companion_name(main: str, kind: str, index: int) -> str:
@@ -116,4 +133,104 @@ def pop_waiting(study: optuna.Study) -> optuna.Trial | None:
 def fixed_params(frozen: FrozenTrial) -> dict[str, Any]:
     """The params a trial evaluates: those it was enqueued with (complete from the start), else those
     suggested so far (a worker records them one at a time, so they may still be partial)."""
-    return dict(frozen.system_attrs.get("fixed_params") or {}) or dict(frozen.params)
+    return dict(frozen.system_attrs.get(FIXED_PARAMS) or {}) or dict(frozen.params)
+
+
+def enqueue(study: optuna.Study, params: dict[str, Any], *, user_attrs: dict[str, Any]) -> None:
+    """``study.enqueue_trial`` (a WAITING trial with fixed params), without its duplicate check."""
+    study.add_trial(
+        create_trial(state=TrialState.WAITING, system_attrs={FIXED_PARAMS: params}, user_attrs=user_attrs)
+    )
+
+
+def trial_by_number(storage: optuna.storages.BaseStorage, sid: int, number: int) -> FrozenTrial:
+    return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(sid, number))
+
+
+_TOKEN = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _rdb(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage | None:
+    storage = getattr(storage, "_backend", storage)  # a Study's storage wraps the RDB one in a cache
+    return storage if isinstance(storage, optuna.storages.RDBStorage) else None
+
+
+def claim_rerun(storage: optuna.storages.BaseStorage, trial_id: int, *, expire_s: float) -> bool:
+    """Atomically become the one process that re-runs trial ``trial_id`` (copies and fails it).
+
+    The claim is a system attribute inserted once (the schema makes (trial, key) unique, so of two
+    racing inserts one fails). A claim older than ``expire_s`` (its claimant died half-way) is taken
+    over by a compare-and-set update. True for storages without the schema (nothing to race on).
+    """
+    backend = _rdb(storage)
+    if backend is None:
+        return True
+    from optuna.storages._rdb.models import TrialSystemAttributeModel as Attr
+
+    mine = json.dumps({"by": _TOKEN, "at": time.time()})
+    session = backend.scoped_session()
+    try:
+        session.add(Attr(trial_id=trial_id, key=CLAIM_ATTR, value_json=mine))
+        session.commit()
+        return True
+    except sqlalchemy.exc.IntegrityError:
+        session.rollback()
+    try:
+        query = session.query(Attr).filter(Attr.trial_id == trial_id, Attr.key == CLAIM_ATTR)
+        theirs = str(query.one().value_json)
+        claim = json.loads(theirs)
+        if claim["by"] == _TOKEN:  # ours, from an attempt cut off half-way
+            session.commit()
+            return True
+        if time.time() - float(claim["at"]) < expire_s:
+            session.commit()
+            return False
+        won = query.filter(Attr.value_json == theirs).update({"value_json": mine}) == 1
+        session.commit()
+        return won
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def reset_session(storage: optuna.storages.BaseStorage) -> None:
+    """Drop the calling thread's session: after a cut connection Optuna's read paths may leave it
+    needing a rollback ("Can't reconnect until invalid transaction is rolled back")."""
+    backend = _rdb(storage)
+    if backend is not None:
+        with contextlib.suppress(Exception):  # closing over a dead connection may itself fail
+            backend.scoped_session.remove()
+
+
+def running_heartbeats(storage: optuna.storages.BaseStorage, sid: int) -> list[tuple[int, float | None]]:
+    """(trial id, seconds since its last heartbeat, or None if it never beat) of every RUNNING trial.
+
+    Ages are measured on the database's clock (the one that stamped the beats), so workers' clocks
+    may disagree. Empty for storages without heartbeats (the gRPC proxy).
+    """
+    backend = _rdb(storage)
+    if backend is None:
+        return []
+    from optuna.storages._rdb import models
+
+    session = backend.scoped_session()
+    try:
+        now = session.execute(sqlalchemy.func.now()).scalar()
+        rows = (
+            session.query(models.TrialModel.trial_id, models.TrialHeartbeatModel.heartbeat)
+            .outerjoin(
+                models.TrialHeartbeatModel, models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id
+            )
+            .filter(models.TrialModel.study_id == sid, models.TrialModel.state == TrialState.RUNNING)
+            .all()
+        )
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    assert now is not None
+    now = now.replace(tzinfo=None)  # PostgreSQL returns an aware time, the column holds naive ones
+    return [
+        (tid, None if beat is None else (now - beat.replace(tzinfo=None)).total_seconds())
+        for tid, beat in rows
+    ]

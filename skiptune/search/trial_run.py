@@ -11,10 +11,12 @@ from typing import Any, Protocol
 
 import optuna
 import torch
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from skiptune.errors import EvaluationError
 from skiptune.objectives.holdout import BlockDistances
+from skiptune.search import lineage
 from skiptune.search.budget import within_budget
 from skiptune.search.heartbeat import Heartbeat
 from skiptune.search.records import (
@@ -22,15 +24,12 @@ from skiptune.search.records import (
     FAIL_ATTR,
     OVER_BUDGET,
     PRECISION_ATTR,
-    RELEASED,
-    RELEASED_FROM_ATTR,
     ROLE_ATTR,
     WORKER_ATTR,
-    fixed_params,
     study_id,
-    study_storage,
     trial_id,
 )
+from skiptune.search.resilience import StorageGuard
 from skiptune.search.stopping import StopSignal, WorkerStopped
 from skiptune.search.study import StudySpec
 from skiptune.skips import SkipSchedule
@@ -53,8 +52,13 @@ class Objective(Protocol):
 @dataclass(frozen=True)
 class TrialOutcome:
     number: int
-    state: str  # "complete", "pruned", "failed", "over_budget", "released"
+    state: str  # "complete", "pruned", "failed", "over_budget", "released", "superseded", "dropped"
     value: float | None = None
+
+    @property
+    def evaluated(self) -> bool:
+        """Whether the worker evaluated anything (refusals and redundant copies are no evaluations)."""
+        return self.state not in ("over_budget", "superseded")
 
 
 def run_one_trial(
@@ -66,21 +70,46 @@ def run_one_trial(
     worker_id: str,
     stop: StopSignal,
     precision: str = "fp32",
+    guard: StorageGuard | None = None,
+    held: lineage.Held | None = None,
 ) -> TrialOutcome:
+    """Take or create a trial and run it. A trial that someone else ended meanwhile (this worker was
+    paused past the grace period, or cut off from the database) is dropped, not overwritten."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "heartbeat is supposed to be used with optimize"
         trial = study.ask()  # pops an enqueued (WAITING) trial first, as Optuna does
-    with Heartbeat(storage, trial_id(trial)):
-        if not within_budget(storage, study_id(study), trial.number, spec.n_trials):
-            fail_trial(study, trial, OVER_BUDGET, "the study's budget was claimed by other workers first")
-            return TrialOutcome(trial.number, "over_budget")
-        trial.set_user_attr(PRECISION_ATTR, precision)  # first: a trial with a worker has its precision
-        trial.set_user_attr(WORKER_ATTR, worker_id)
+    if held is not None:
+        held.hold(study, trial)
+    with Heartbeat(storage, trial_id(trial), guard=guard):
         try:
-            return _evaluate(study, trial, spec, objective, stop)
-        except WorkerStopped:
-            release_trial(study, trial)
-            return TrialOutcome(trial.number, "released")
+            return _claimed(study, storage, spec, objective, trial, worker_id, stop, precision)
+        except (UpdateFinishedTrialError, ValueError):  # ValueError: Optuna's "Cannot tell a FAIL trial"
+            if not lineage.taken_over(study, trial):
+                raise
+            return TrialOutcome(trial.number, "dropped")
+
+
+def _claimed(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    spec: StudySpec,
+    objective: Objective,
+    trial: optuna.Trial,
+    worker_id: str,
+    stop: StopSignal,
+    precision: str,
+) -> TrialOutcome:
+    if not lineage.take(study, trial):
+        return TrialOutcome(trial.number, "superseded")
+    if not within_budget(storage, study_id(study), trial.number, spec.n_trials):
+        fail_trial(study, trial, OVER_BUDGET, "the study's budget was claimed by other workers first")
+        return TrialOutcome(trial.number, "over_budget")
+    trial.set_user_attr(PRECISION_ATTR, precision)  # first: a trial with a worker has its precision
+    trial.set_user_attr(WORKER_ATTR, worker_id)
+    try:
+        return _evaluate(study, trial, spec, objective, stop)
+    except WorkerStopped:
+        return TrialOutcome(trial.number, "released" if release_trial(study, trial) else "dropped")
 
 
 def _evaluate(
@@ -117,11 +146,7 @@ def fail_trial(study: optuna.Study, trial: optuna.Trial, kind: str, reason: str)
     study.tell(trial, state=TrialState.FAIL)
 
 
-def release_trial(study: optuna.Study, trial: optuna.Trial) -> None:
-    """Give the trial back: enqueue its params again (first: never a moment with neither counted), fail it."""
-    frozen = study_storage(study).get_trial(trial_id(trial))
-    params = fixed_params(frozen)
-    if params:
-        attrs = {k: v for k, v in frozen.user_attrs.items() if k == ROLE_ATTR}
-        study.enqueue_trial(params, user_attrs={**attrs, RELEASED_FROM_ATTR: trial.number})
-    fail_trial(study, trial, RELEASED, "the worker was stopped; params re-enqueued" if params else "stopped")
+def release_trial(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Give the trial back (SIGINT/SIGTERM): its copy is enqueued first, then it is failed as released.
+    False if a sweep re-runs it already."""
+    return lineage.release(study, trial, "the worker was stopped")

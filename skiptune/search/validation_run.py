@@ -1,8 +1,9 @@
 """One validation job, start to end: take an enqueued job, evaluate it on the held-out seeds, record it.
 
 Jobs are ordinary Optuna trials of a validation round (``{main}/validate{r}``), so they share the search
-trials' machinery: a heartbeat while evaluating, a dead worker's job failed and re-enqueued by Optuna's
-retry callback, a stopping worker's job given back. A job is only ever *taken* (never created by
+trials' machinery: a heartbeat while evaluating, a dead worker's job failed and re-enqueued by the stale
+sweep (``stale.py``, ``lineage.py``), a stopping worker's job given back, a job ended elsewhere while
+this worker was paused dropped. A job is only ever *taken* (never created by
 ``ask``), so each one is evaluated once however many workers race for it.
 """
 
@@ -12,12 +13,15 @@ import logging
 
 import optuna
 import torch
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from skiptune.errors import EvaluationError
+from skiptune.search import lineage
 from skiptune.search import records as rec
 from skiptune.search.experiment import job_distribution
 from skiptune.search.heartbeat import Heartbeat
+from skiptune.search.resilience import StorageGuard
 from skiptune.search.space import schedule_from_params
 from skiptune.search.stopping import StopSignal, WorkerStopped
 from skiptune.search.trial_run import Objective, TrialOutcome, fail_trial, release_trial
@@ -34,33 +38,55 @@ def run_validation_job(
     worker_id: str,
     stop: StopSignal,
     precision: str = "fp32",
+    guard: StorageGuard | None = None,
+    held: lineage.Held | None = None,
 ) -> TrialOutcome | None:
     """Evaluate one waiting job of the round ``study``; None if another worker took the last one first."""
     trial = rec.pop_waiting(study)
     if trial is None:
         return None
-    storage = rec.study_storage(study)
-    with Heartbeat(storage, rec.trial_id(trial)):
-        params = rec.fixed_params(storage.get_trial(rec.trial_id(trial)))
-        for name, value in params.items():  # recorded as ordinary params (optuna-dashboard shows them)
-            trial.suggest_float(name, job_distribution(float(value)).low, job_distribution(float(value)).high)
-        trial.set_user_attr(rec.PRECISION_ATTR, precision)
-        trial.set_user_attr(rec.WORKER_ATTR, worker_id)
+    if held is not None:
+        held.hold(study, trial)
+    with Heartbeat(rec.study_storage(study), rec.trial_id(trial), guard=guard):
         try:
-            with stop.interruptible():
-                result = objective.block_distances(
-                    schedule_from_params(params),
-                    seed_base=settings.seed_base,
-                    n_samples=settings.n_samples,
-                    blocks=settings.blocks,
-                )
-        except WorkerStopped:
-            release_trial(study, trial)
-            return TrialOutcome(trial.number, "released")
-        except (EvaluationError, torch.OutOfMemoryError) as exc:
-            fail_trial(study, trial, rec.EVALUATION_FAILED, f"{type(exc).__name__}: {exc}")
-            return TrialOutcome(trial.number, "failed")
-        trial.set_user_attr(rec.HOLDOUT_ATTR, result.to_dict())
-        study.tell(trial, result.value, state=TrialState.COMPLETE)
-        _log.info("validation job %d %s: held-out %.6g", trial.number, params, result.value)
-        return TrialOutcome(trial.number, "validated", result.value)
+            return _run_job(study, trial, settings, objective, worker_id, stop, precision)
+        except (UpdateFinishedTrialError, ValueError):  # ValueError: Optuna's "Cannot tell a FAIL trial"
+            if not lineage.taken_over(study, trial):
+                raise
+            return TrialOutcome(trial.number, "dropped")
+
+
+def _run_job(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    settings: ValidationSettings,
+    objective: Objective,
+    worker_id: str,
+    stop: StopSignal,
+    precision: str,
+) -> TrialOutcome:
+    if not lineage.take(study, trial):
+        return TrialOutcome(trial.number, "superseded")
+    storage = rec.study_storage(study)
+    params = rec.fixed_params(storage.get_trial(rec.trial_id(trial)))
+    for name, value in params.items():  # recorded as ordinary params (optuna-dashboard shows them)
+        trial.suggest_float(name, job_distribution(float(value)).low, job_distribution(float(value)).high)
+    trial.set_user_attr(rec.PRECISION_ATTR, precision)
+    trial.set_user_attr(rec.WORKER_ATTR, worker_id)
+    try:
+        with stop.interruptible():
+            result = objective.block_distances(
+                schedule_from_params(params),
+                seed_base=settings.seed_base,
+                n_samples=settings.n_samples,
+                blocks=settings.blocks,
+            )
+    except WorkerStopped:
+        return TrialOutcome(trial.number, "released" if release_trial(study, trial) else "dropped")
+    except (EvaluationError, torch.OutOfMemoryError) as exc:
+        fail_trial(study, trial, rec.EVALUATION_FAILED, f"{type(exc).__name__}: {exc}")
+        return TrialOutcome(trial.number, "failed")
+    trial.set_user_attr(rec.HOLDOUT_ATTR, result.to_dict())
+    study.tell(trial, result.value, state=TrialState.COMPLETE)
+    _log.info("validation job %d %s: held-out %.6g", trial.number, params, result.value)
+    return TrialOutcome(trial.number, "validated", result.value)

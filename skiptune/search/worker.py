@@ -1,10 +1,15 @@
 """The worker: load the model once, then evaluate trials of the studies that most need them.
 
 Many workers (processes, GPUs, machines) share one storage. Each loop turn a worker fails the
-stale trials of dead workers (Optuna's heartbeat; each is re-enqueued once, in the one process
-that failed it), picks the study with the least used budget, and runs one trial. It stops when
-every selected study has met its budget and no trial is left WAITING or RUNNING (it waits for
-the RUNNING ones, so a trial whose worker dies is still re-run by a survivor).
+stale trials of dead workers (``stale.py``; each is re-run once, its copy keeping its budget
+place), picks the study with the least used budget, and runs one trial. It stops when every
+selected study has met its budget and no trial is left WAITING or RUNNING (it waits for the
+RUNNING ones, so a trial whose worker dies is still re-run by a survivor).
+
+Every turn passes one storage boundary (``resilience.StorageGuard``): choosing work is retried
+through a database outage; a trial cut off by one is given back (re-enqueued) once the database
+answers again; past ``db_timeout``, or on a permanent failure (disk full, read-only), the worker
+stops with one line (``StorageUnavailable``, exit 2).
 """
 
 from __future__ import annotations
@@ -13,8 +18,8 @@ import logging
 import os
 import random
 import socket
+import sys
 import time
-import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -22,7 +27,6 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from skiptune.devices import resolve_device
@@ -30,8 +34,12 @@ from skiptune.errors import SkiptuneError
 from skiptune.search.algorithms import build_sampler
 from skiptune.search.budget import fresh_trials, used_budget
 from skiptune.search.experiment import Experiment, advance, load_experiment
-from skiptune.search.heartbeat import StaleSweep, heartbeat_interval
+from skiptune.search.heartbeat import heartbeat_interval
+from skiptune.search.lineage import MAX_RETRIES, Held
 from skiptune.search.pruning import RungPruner
+from skiptune.search.records import reset_session
+from skiptune.search.resilience import DEFAULT_DB_TIMEOUT_S, StorageGuard, first_line
+from skiptune.search.stale import StaleSweep
 from skiptune.search.stopping import StopSignal
 from skiptune.search.study import StoredStudy, StudySpec, canonical, find_studies
 from skiptune.search.trial_run import Objective, TrialOutcome, run_one_trial
@@ -41,8 +49,7 @@ from skiptune.storage import open_storage
 
 _log = logging.getLogger(__name__)
 
-#: A re-run of a dead worker's trial may die too (a setting that crashes the driver): give up after this.
-MAX_RETRIES = 3
+__all__ = ["MAX_RETRIES", "WorkerSummary", "run_worker", "run_worker_processes"]
 
 ObjectiveFactory = Callable[..., Objective]
 """``factory(net, spec, *, device, batch_size) -> Objective``."""
@@ -60,7 +67,7 @@ class WorkerSummary:
     @property
     def evaluated(self) -> int:
         """Trials this worker evaluated (over-budget refusals are not evaluations)."""
-        return sum(o.state != "over_budget" for o in self.outcomes)
+        return sum(o.evaluated for o in self.outcomes)
 
 
 def run_worker(
@@ -77,29 +84,27 @@ def run_worker(
     worker_index: int = 0,
     objective_factory: ObjectiveFactory | None = None,
     precision: str = "auto",
+    db_timeout: float = DEFAULT_DB_TIMEOUT_S,
 ) -> WorkerSummary:
     """Evaluate trials until the selected studies' budgets are met (or ``max_trials`` were run).
 
     ``precision="auto"`` runs the fast path on CUDA (bf16 + channels_last + torch.compile, see
     ``skiptune.nets.fast``) and plain fp32 elsewhere; ``"fp32"`` forces the plain network.
+    ``db_timeout``: seconds to wait for an unreachable database before giving up.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)  # one re-run per dead trial
-    storage = open_storage(
-        storage_url, heartbeat_interval=heartbeat, grace_period=grace, stale_trial_callback=retry
-    )
+    storage = open_storage(storage_url, heartbeat_interval=heartbeat, grace_period=grace)
+    guard = StorageGuard(db_timeout, reset=lambda: reset_session(storage))
     dev = resolve_device(device)
     from skiptune.nets.registry import load_model  # heavy import, after the cheap checks
 
     loaded = load_model(model, device=dev)
     net, precision_used = _fast_net(loaded.net, dev, precision)
-    studies = _select_studies(storage, loaded.name, loaded.fingerprint, sampler, nfes)
+    studies = guard.call(lambda: _select_studies(storage, loaded.name, loaded.fingerprint, sampler, nfes))
     factory = objective_factory or default_objective_factory
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{worker_index}"
     seed = zlib.crc32(f"{worker_id}:{time.time_ns()}".encode()) & 0x7FFFFFFF
-    loop = _Loop(storage, studies, worker_id=worker_id, seed=seed)
+    loop = _Loop(storage, studies, worker_id=worker_id, seed=seed, guard=guard)
     objectives: dict[str, Objective] = {}
 
     def objective_for(s: StoredStudy) -> Objective:
@@ -114,10 +119,17 @@ def run_worker(
     stop.install()
     try:
         while not stop.requested and (max_trials is None or summary.evaluated < max_trials):
-            unit = loop.next_unit(stop)
+            unit = guard.call(lambda: loop.next_unit(stop), stopped=lambda: stop.requested)
             if unit is None:
                 break
-            outcome = _run_unit(loop, unit, objective_for(unit.main), worker_id, stop, precision_used)
+            objective = objective_for(unit.main)
+            held = Held()
+            try:
+                outcome = _run_unit(loop, unit, objective, worker_id, stop, precision_used, held)
+            except Exception as exc:  # the boundary: storage failures become a give-back or one line
+                if _is_device_failure(exc):
+                    raise _device_failure(exc, guard, held) from None
+                outcome = _give_back_after(exc, guard, held, stop)
             if outcome is None:
                 continue  # another worker took the last job first
             _log.info(
@@ -130,18 +142,50 @@ def run_worker(
     return summary
 
 
+def _give_back_after(
+    exc: Exception, guard: StorageGuard, held: Held, stop: StopSignal
+) -> TrialOutcome | None:
+    """After a storage failure mid-unit: wait for the database (or raise one line), give the trial back."""
+    guard.ride_out(exc, stopped=lambda: stop.requested)
+    state = guard.call(
+        lambda: held.give_back("the database went away mid-trial"), stopped=lambda: stop.requested
+    )
+    return None if held.trial is None or state is None else TrialOutcome(held.trial.number, state)
+
+
+_DEVICE_ERRORS = ("CUDA error", "CUDA driver", "cuDNN error", "CUBLAS_STATUS", "device-side assert")
+
+
+def _is_device_failure(exc: Exception) -> bool:
+    return isinstance(exc, RuntimeError) and any(w in str(exc) for w in _DEVICE_ERRORS)
+
+
+def _device_failure(exc: Exception, guard: StorageGuard, held: Held) -> SkiptuneError:
+    """The GPU failed outside what an evaluation may fail with (an Xid error, a lost device): its CUDA
+    context is unusable, so the trial is given back (another worker re-runs it) and this one stops."""
+    reason = first_line(exc)
+    state = guard.call(lambda: held.give_back(f"device error: {reason}"))
+    return SkiptuneError(
+        f"the device failed ({reason}); its trial was {state or 'not yet taken'}; check the GPU "
+        "(nvidia-smi, the kernel log), then start the worker again"
+    )
+
+
 def _run_unit(
-    loop: _Loop, unit: Unit, objective: Objective, worker_id: str, stop: StopSignal, precision: str
+    loop: _Loop,
+    unit: Unit,
+    objective: Objective,
+    worker_id: str,
+    stop: StopSignal,
+    precision: str,
+    held: Held,
 ) -> TrialOutcome | None:
     study = loop.study(unit)
+    run = dict(worker_id=worker_id, stop=stop, precision=precision, guard=loop.guard, held=held)
     if unit.kind == "validate":
         assert unit.settings is not None
-        return run_validation_job(
-            study, unit.settings, objective, worker_id=worker_id, stop=stop, precision=precision
-        )
-    return run_one_trial(
-        study, loop.storage, unit.spec, objective, worker_id=worker_id, stop=stop, precision=precision
-    )
+        return run_validation_job(study, unit.settings, objective, **run)  # type: ignore[arg-type]
+    return run_one_trial(study, loop.storage, unit.spec, objective, **run)  # type: ignore[arg-type]
 
 
 def _select_studies(
@@ -200,9 +244,16 @@ class _Loop:
     """Work choice and end-of-work detection over the selected experiments."""
 
     def __init__(
-        self, storage: optuna.storages.BaseStorage, studies: list[StoredStudy], *, worker_id: str, seed: int
+        self,
+        storage: optuna.storages.BaseStorage,
+        studies: list[StoredStudy],
+        *,
+        worker_id: str,
+        seed: int,
+        guard: StorageGuard | None = None,
     ) -> None:
         self.storage = storage
+        self.guard = guard
         self.studies = studies
         self.worker_id = worker_id
         self.seed = seed
@@ -210,7 +261,7 @@ class _Loop:
         interval = heartbeat_interval(storage)
         self.poll_s = float(max(1, min(interval, 10))) if interval else None
         self.grace = float(getattr(storage, "grace_period", None) or 120)
-        self._sweep = StaleSweep(storage)
+        self.sweep = StaleSweep(grace=self.grace, guard=guard, every=interval) if interval else None
         self._rng = random.Random(seed)
 
     def study(self, unit: Unit) -> optuna.Study:
@@ -236,8 +287,8 @@ class _Loop:
         for phase in exp.phases:
             spec = replace(main.spec, space=phase.space, n_trials=phase.budget)
             unit = Unit("search", main, phase.name, spec)
-            swept = self._sweep(self.study(unit))
-            trials = fresh_trials(self.storage, phase.study_id) if swept else phase.trials
+            failed = self.sweep.sweep(self.study(unit)) if self.sweep else 0
+            trials = fresh_trials(self.storage, phase.study_id) if failed else phase.trials
             used = used_budget(trials)
             waiting = any(t.state == TrialState.WAITING for t in trials)
             running += sum(t.state == TrialState.RUNNING for t in trials)
@@ -245,8 +296,8 @@ class _Loop:
                 search.append((used / phase.budget, unit))
         for r in exp.rounds:
             unit = Unit("validate", main, r.name, main.spec, exp.settings)
-            swept = self._sweep(self.study(unit))
-            trials = fresh_trials(self.storage, r.study_id) if swept else r.trials
+            failed = self.sweep.sweep(self.study(unit)) if self.sweep else 0
+            trials = fresh_trials(self.storage, r.study_id) if failed else r.trials
             running += sum(t.state == TrialState.RUNNING for t in trials)
             if any(t.state == TrialState.WAITING for t in trials):
                 validate.append(unit)
@@ -295,7 +346,11 @@ def _fast_net(net: torch.nn.Module, device: torch.device, precision: str) -> tup
 
 def _process_main(storage_url: str, kwargs: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_worker(storage_url, **kwargs)
+    try:
+        run_worker(storage_url, **kwargs)
+    except SkiptuneError as exc:  # one line, as the CLI prints it, not a child's traceback
+        print(f"skiptune worker ({kwargs.get('device')}): error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def run_worker_processes(storage_url: str, *, devices: Sequence[str], **kwargs: Any) -> int:

@@ -23,6 +23,15 @@ from skiptune.storage.url import mask_url, normalize_url
 #: Seconds a SQLite connection waits for another process's write lock before failing.
 SQLITE_BUSY_TIMEOUT_S = 60.0
 
+#: Server-side limits (milliseconds) set on every PostgreSQL session, so a frozen worker (SIGSTOP,
+#: a hung host) cannot hold locks or a connection slot forever: Optuna's transactions are short,
+#: so a minute idle inside one, or waiting for a lock, means its owner is gone.
+POSTGRES_SESSION_SETTINGS = {
+    "idle_in_transaction_session_timeout": 60_000,
+    "lock_timeout": 60_000,
+    "statement_timeout": 120_000,
+}
+
 POSTGRES_ENGINE_KWARGS: dict[str, Any] = {
     "pool_pre_ping": True,  # a worker idle for hours must not fail on a connection the server dropped
     # One process per GPU: one pooled connection each. The heartbeat thread's beat, when it meets a
@@ -31,7 +40,15 @@ POSTGRES_ENGINE_KWARGS: dict[str, Any] = {
     "pool_size": 1,
     "max_overflow": 4,
     "pool_recycle": 1800,
-    "connect_args": {"connect_timeout": 10},
+    "connect_args": {
+        "connect_timeout": 10,
+        # TCP keepalives: a server (or network) that vanished is noticed in about a minute, not hours.
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+        "options": " ".join(f"-c {k}={v}" for k, v in POSTGRES_SESSION_SETTINGS.items()),
+    },
 }
 
 GRPC_CONNECT_TIMEOUT_S = 10.0  # how long a verb waits for the gRPC storage proxy to answer
@@ -47,8 +64,8 @@ def open_storage(
     """Open (and create the tables of) the storage at ``url``.
 
     ``heartbeat_interval``/``grace_period`` (seconds) turn on Optuna's heartbeat: a RUNNING trial
-    whose process stopped beating for ``grace_period`` is failed by ``fail_stale_trials``, which
-    then calls ``stale_trial_callback`` once per failed trial (in the one process that failed it).
+    whose process stopped beating for ``grace_period`` is stale (workers sweep those themselves,
+    ``skiptune.search.stale``; ``stale_trial_callback`` serves Optuna's own ``fail_stale_trials``).
     """
     url = normalize_url(url)
     if url.startswith("grpc://"):
