@@ -52,8 +52,13 @@ def run(args: argparse.Namespace) -> int:
         raise SkiptuneError(
             f"bad --workers {args.workers} / --trials {args.trials}: expected positive integers"
         )
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    from skiptune.io import check_output_dir
+    from skiptune.objectives.spec import check_rungs
+
+    if args.n_samples < 2:
+        raise SkiptuneError(f"bad --n-samples {args.n_samples}: expected an integer >= 2, e.g. 500")
+    check_rungs(parse_int_list(args.rungs, what="rung"), args.n_samples)  # before anything runs
+    out = check_output_dir(Path(args.out).resolve(), what="the demo folder (--out)")
     url = args.storage or f"sqlite:///{out / 'skiptune.db'}"
     nfes = parse_int_list(args.nfe, what="NFE")
     started = time.monotonic()

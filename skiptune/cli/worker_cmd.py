@@ -62,6 +62,10 @@ def _check(args: argparse.Namespace) -> None:
             raise SkiptuneError(
                 f"bad --{name.replace('_', '-')} {getattr(args, name)}: expected a positive integer"
             )
+    if args.max_trials is not None and args.max_trials < 1:
+        raise SkiptuneError(
+            f"bad --max-trials {args.max_trials}: expected a positive integer (leave it out for no limit)"
+        )
     if args.grace <= args.heartbeat:
         raise SkiptuneError(
             f"--grace {args.grace} must exceed --heartbeat {args.heartbeat} (a few missed beats), e.g. 4x"
@@ -84,7 +88,11 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
     )
     if args.devices:
+        from skiptune.devices import resolve_device
+
         devices = [f"cuda:{i}" for i in parse_int_list(args.devices, what="device")]
+        for device in devices:  # here, once, rather than a traceback from every spawned process
+            resolve_device(device)
         return run_worker_processes(storage_url(args), devices=devices, **kwargs)  # type: ignore[arg-type]
     summary = run_worker(storage_url(args), device=args.device, **kwargs)  # type: ignore[arg-type]
     print(
@@ -93,4 +101,9 @@ def run(args: argparse.Namespace) -> int:
         f"{summary.count('failed')} failed" + (" (stopped by signal)" if summary.stopped else ""),
         flush=True,
     )
+    if summary.exit_code():
+        raise SkiptuneError(
+            f"every trial this worker evaluated failed ({summary.count('failed')}); the reasons are in "
+            "the log lines above and in each trial's skiptune_fail attribute: fix the setup, then rerun"
+        )
     return 0

@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from skiptune.errors import SkiptuneError
+from skiptune.io import load_weights
 from skiptune.registry import Registry
 
 INCEPTION_WEIGHTS_ENV = "SKIPTUNE_INCEPTION_WEIGHTS"
@@ -139,10 +140,7 @@ def inception_weights_path(weights_path: str | os.PathLike[str] | None = None) -
 def _checked_state_dict(path: Path, *, what: str, hint: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise SkiptuneError(f"{what} weights not found at {str(path)!r}; {hint}")
-    try:  # weights_only: a state dict of tensors, never code from the file
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise SkiptuneError(f"cannot read {what} weights {str(path)!r} as a state dict ({exc})") from None
+    state = load_weights(path, what=f"{what} weights")  # a state dict of tensors, never code from the file
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SkiptuneError(f"{str(path)!r} is not a state dict of tensors; expected the {what} weights")
     return state
