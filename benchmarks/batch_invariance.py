@@ -49,7 +49,9 @@ def pixel_diff(a: torch.Tensor, b: torch.Tensor) -> dict[str, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=480, help="samples per block")
     parser.add_argument("--nfe", type=int, default=9)
     parser.add_argument("--batch", type=int, default=48)
@@ -77,7 +79,9 @@ def main() -> None:
     block2 = images(other, range(args.n, 2 * args.n), batch=args.batch, nfe=args.nfe, device=args.device)
     fd = {
         "batch_1": distance(extractor, reference, one),
-        f"batch_{args.batch}" + ("_bf16" if args.precision == "bf16" else ""): distance(extractor, reference, big),
+        f"batch_{args.batch}" + ("_bf16" if args.precision == "bf16" else ""): distance(
+            extractor, reference, big
+        ),
         "split": distance(extractor, reference, split),
         "second_block": distance(extractor, reference, block2),
     }
