@@ -515,3 +515,14 @@ def test_pickle_with_code_never_runs(files: Files) -> None:
         assert f.read(2) == b"PK"  # torch's zip format, holding a pickle that calls os.system
     with pytest.raises(pickle.UnpicklingError):
         torch.load(files.code_pickle, weights_only=True)
+
+
+@pytest.mark.parametrize(
+    ("storage", "fragment"), [("", "empty --storage"), ("mysql://x/y", "unsupported storage URL")]
+)
+def test_demo_checks_its_storage_before_running(
+    files: Files, capsys: pytest.CaptureFixture[str], storage: str, fragment: str
+) -> None:
+    out = files.root / "demo-storage"
+    _refused(capsys, ["demo", "--storage", storage, "--out", str(out)], fragment)
+    assert not out.exists()

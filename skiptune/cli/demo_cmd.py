@@ -14,8 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from skiptune.cli.common import parse_int_list
+from skiptune.cli.common import parse_int_list, storage_url
 from skiptune.errors import SkiptuneError
+from skiptune.storage.url import normalize_url
 
 HELP = "run the whole service on the bundled demo model (SQLite, local workers, CPU)"
 DESCRIPTION = """Create Heun studies for the bundled Fashion-MNIST model, run local workers on them,
@@ -58,9 +59,10 @@ def run(args: argparse.Namespace) -> int:
     if args.n_samples < 2:
         raise SkiptuneError(f"bad --n-samples {args.n_samples}: expected an integer >= 2, e.g. 500")
     check_rungs(parse_int_list(args.rungs, what="rung"), args.n_samples)  # before anything runs
-    out = check_output_dir(Path(args.out).resolve(), what="the demo folder (--out)")
-    url = args.storage or f"sqlite:///{out / 'skiptune.db'}"
     nfes = parse_int_list(args.nfe, what="NFE")
+    given = normalize_url(storage_url(args)) if args.storage is not None else None
+    out = check_output_dir(Path(args.out).resolve(), what="the demo folder (--out)")
+    url = given or f"sqlite:///{out / 'skiptune.db'}"
     started = time.monotonic()
     print(f"[1/4] creating studies on {url}", flush=True)
     _skiptune(
