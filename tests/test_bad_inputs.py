@@ -183,13 +183,14 @@ def test_bad_storage_urls(capsys: pytest.CaptureFixture[str], url: str, fragment
         ["table", "--model", "tiny"],
         ["study", "list"],
         ["report", "--model", "tiny", "--out", "{root}/report"],
+        ["worker", "--model", "{model}", "--device", "cpu"],
     ],
 )
 def test_query_verbs_never_create_a_typod_sqlite_file(
     files: Files, capsys: pytest.CaptureFixture[str], verb: list[str]
 ) -> None:
     typo = files.root / "typo.db"
-    argv = [a.format(root=files.root) for a in verb]
+    argv = [a.format(root=files.root, model=files.assets.model) for a in verb]
     _refused(capsys, [*argv, "--storage", f"sqlite:///{typo}"], "no SQLite database", str(typo))
     assert not typo.exists()
     assert not (files.root / "report").exists()

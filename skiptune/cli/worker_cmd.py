@@ -8,6 +8,8 @@ import logging
 from skiptune.cli.common import add_storage, parse_int_list, storage_url
 from skiptune.errors import SkiptuneError
 from skiptune.sampling import SAMPLERS
+from skiptune.storage.open import require_existing_sqlite
+from skiptune.storage.url import normalize_url
 
 HELP = "run a worker (one process per GPU with --devices) on a model's studies"
 DESCRIPTION = """Loads the model once, then repeatedly picks the study with the least used budget,
@@ -76,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
     from skiptune.search.worker import run_worker, run_worker_processes
 
     _check(args)
+    url = normalize_url(storage_url(args))
+    if url.startswith("sqlite"):
+        require_existing_sqlite(url)  # a worker never creates studies: a missing file is a typo
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kwargs = dict(
         model=args.model,
@@ -93,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
         devices = [f"cuda:{i}" for i in parse_int_list(args.devices, what="device")]
         for device in devices:  # here, once, rather than a traceback from every spawned process
             resolve_device(device)
-        return run_worker_processes(storage_url(args), devices=devices, **kwargs)  # type: ignore[arg-type]
-    summary = run_worker(storage_url(args), device=args.device, **kwargs)  # type: ignore[arg-type]
+        return run_worker_processes(url, devices=devices, **kwargs)  # type: ignore[arg-type]
+    summary = run_worker(url, device=args.device, **kwargs)  # type: ignore[arg-type]
     print(
         f"worker {summary.worker_id}: {summary.count('complete')} complete, "
         f"{summary.count('pruned')} pruned, "

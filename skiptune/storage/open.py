@@ -104,15 +104,21 @@ def _advice(url: str) -> str:
     )
 
 
-def _open_sqlite_read_only(url: str) -> optuna.storages.BaseStorage:
-    """Open an existing SQLite file with ``mode=ro``: nothing is created, written or locked."""
+def require_existing_sqlite(url: str) -> Path:
+    """The file of a SQLite URL, which must exist: for verbs that never create studies (query, worker),
+    a missing file is a typo, and creating it would only hide that."""
     database = sqlalchemy.engine.make_url(url).database
     if not database or database == ":memory:" or not Path(database).expanduser().is_file():
         raise SkiptuneError(
             f"no SQLite database at {database!r} (storage {url!r}); check the path, or create studies "
             "there first with `skiptune study create`"
         )
-    path = Path(database).expanduser().resolve()
+    return Path(database).expanduser().resolve()
+
+
+def _open_sqlite_read_only(url: str) -> optuna.storages.BaseStorage:
+    """Open an existing SQLite file with ``mode=ro``: nothing is created, written or locked."""
+    path = require_existing_sqlite(url)
     # mode=ro reads alongside live writers; a WAL database in a read-only folder has no -shm file and
     # cannot be opened so: there, nobody can be writing, and immutable=1 reads the file as it is.
     failure: BaseException | None = None
