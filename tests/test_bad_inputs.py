@@ -527,3 +527,9 @@ def test_demo_checks_its_storage_before_running(
     out = files.root / "demo-storage"
     _refused(capsys, ["demo", "--storage", storage, "--out", str(out)], fragment)
     assert not out.exists()
+
+
+def test_extractor_given_images_of_another_size(files: Files, capsys: pytest.CaptureFixture[str]) -> None:
+    out = files.root / "padded.npz"
+    _refused(capsys, files.stats_args(files.images, out, "--resolution", "16"), "(1, 16, 16)", "--resolution")
+    assert not out.exists()

@@ -85,8 +85,17 @@ class ModuleExtractor:
                 f"extractor {self.name!r} takes {self.input_channels}-channel images, "
                 f"got {x.shape[1]} channels"
             )
-        with torch.no_grad():
-            out = self.module(_INPUT_FORMATS[self.input_format](x.contiguous()))
+        try:
+            with torch.no_grad():
+                out = self.module(_INPUT_FORMATS[self.input_format](x.contiguous()))
+        except RuntimeError as exc:  # a module made for other image sizes (shape mismatch inside it)
+            if "out of memory" in str(exc):
+                raise
+            raise SkiptuneError(
+                f"extractor {self.name!r} failed on images of shape {tuple(images.shape[1:])} "
+                f"({str(exc).splitlines()[0][:160]}); give it images of the size it was made for "
+                "(check --resolution and the model's image size)"
+            ) from None
         if isinstance(out, (tuple, list)):  # torch-fidelity modules return a tuple of requested features
             out = out[0]
         if out.ndim != 2 or out.shape != (images.shape[0], self.feature_dim):
