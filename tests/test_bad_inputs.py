@@ -184,6 +184,7 @@ def test_bad_storage_urls(capsys: pytest.CaptureFixture[str], url: str, fragment
         ["study", "list"],
         ["report", "--model", "tiny", "--out", "{root}/report"],
         ["worker", "--model", "{model}", "--device", "cpu"],
+        ["validate", "--model", "tiny", "--nfe", "2", "--sampler", "euler"],
     ],
 )
 def test_query_verbs_never_create_a_typod_sqlite_file(
