@@ -17,4 +17,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise SkiptuneError(f"bad device {name!r}: expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SkiptuneError(f"device {name!r} asked for but CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SkiptuneError(
+            f"device {name!r} asked for but this machine has {torch.cuda.device_count()} CUDA device(s) "
+            f"(indices 0-{torch.cuda.device_count() - 1}); pass one of those"
+        )
     return device

@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from skiptune.errors import SkiptuneError
+from skiptune.io import atomic_write, check_output_dir
 from skiptune.search.experiment import load_experiment
 from skiptune.search.query import BestCoefficients, answer_of, summary_rows
 from skiptune.search.records import PRIOR, ROLE_ATTR
@@ -31,8 +32,7 @@ def _pyplot() -> Any:
 
 def write_report(storage: optuna.storages.BaseStorage, model: str, out_dir: str | Path) -> list[Path]:
     """Write the report's PNG files into ``out_dir`` (created); returns their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out_dir, what="the report folder (--out)")
     rows = summary_rows(storage, model)
     if not rows:
         raise SkiptuneError(f"no study for model {model!r} in this storage; nothing to report")
@@ -73,8 +73,7 @@ def _distance_vs_nfe(rows: list[dict[str, Any]], model: str, path: Path) -> Path
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_figure(fig, path)
     return path
 
 
@@ -124,6 +123,15 @@ def _trial_scatter(
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_figure(fig, path)
     return path
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    """Write a figure as PNG atomically (a full disk leaves no half-written plot), then free it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"), what="a report plot")
+    finally:
+        plt.close(fig)

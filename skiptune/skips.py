@@ -24,6 +24,12 @@ import torch
 from skiptune.errors import SkiptuneError
 from skiptune.registry import Registry
 
+#: The coefficients skiptune accepts, inclusive. Below 0 a skip's sign flips; at 0 the skip is cut
+#: off. Far above 1 the decoder sees skip activations it never saw in training: the paper's tuned
+#: values lie in 0.5-1.2 and the demo model's optima in 0.3-1.15 (docs/results.md), so 2 leaves room
+#: while ruling out typos (``--rho 1 10``). Used by every schedule, search box and grown box.
+RHO_HARD_LIMITS = (0.0, 2.0)
+
 
 @dataclass(frozen=True)
 class SkipSchedule:
@@ -39,7 +45,7 @@ class SkipSchedule:
 
     def __post_init__(self) -> None:
         for name in ("rho_bottom", "rho_top"):
-            object.__setattr__(self, name, _finite_float(name, getattr(self, name)))
+            object.__setattr__(self, name, check_rho(name, _finite_float(name, getattr(self, name))))
         if self.sigma_window is not None:
             object.__setattr__(self, "sigma_window", _checked_window(self.sigma_window))
 
@@ -84,6 +90,17 @@ def _finite_float(name: str, value: object) -> float:
     if isinstance(value, bool) or not math.isfinite(number):
         raise SkiptuneError(f"{name} must be a finite number, got {value!r}")
     return number
+
+
+def check_rho(name: str, value: float) -> float:
+    """``value`` if it lies within :data:`RHO_HARD_LIMITS`, else one line naming the limits."""
+    lo, hi = RHO_HARD_LIMITS
+    if not lo <= value <= hi:
+        raise SkiptuneError(
+            f"{name} {value:g} is outside the hard limits [{lo:g}, {hi:g}] of skip coefficients "
+            "(1 = untuned; the paper's tuned values lie in 0.5-1.2); pass a value inside them"
+        )
+    return value
 
 
 def _checked_window(window: object) -> tuple[float, float]:

@@ -14,6 +14,7 @@ from skiptune.cli import main
 from skiptune.nets.checkpoints import load_checkpoint, save_checkpoint
 from skiptune.sampling import generate_images
 from skiptune.skips import SkipSchedule, skip_tuning
+from skiptune.storage import open_storage
 
 RES = 16
 
@@ -78,6 +79,7 @@ def test_outdir_with_rho_writes_tuned_pngs(checkpoint: Path, tmp_path: Path) -> 
 def test_user_errors_are_one_line(checkpoint: Path, tmp_path: Path, capsys, extra, message) -> None:
     argv = ["sample", "--model", str(checkpoint), "--out", str(tmp_path / "x.png"), "--device", "cpu",
             "--storage", f"sqlite:///{tmp_path / 'db.sqlite'}", *extra]  # fmt: skip
+    open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}")  # an empty database: --tuned never creates one
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err

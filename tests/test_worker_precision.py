@@ -34,3 +34,32 @@ def test_cli_flag() -> None:
     args = build_parser().parse_args(["worker", "--model", "demo", "--precision", "fp32"])
     assert args.precision == "fp32"
     assert build_parser().parse_args(["worker", "--model", "demo"]).precision == "auto"
+
+
+def test_a_study_keeps_the_precision_of_its_first_trial(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The first evaluated trial pins the study's precision; a worker in another one is refused in one
+    line naming the --precision to pass, and records nothing."""
+    from storage_fixtures import make_search_assets
+
+    from skiptune.cli import main
+    from skiptune.search.precision import study_precision
+    from skiptune.search.records import PRECISION_ATTR
+    from skiptune.search.study import find_studies
+    from skiptune.storage import open_storage
+
+    assets = make_search_assets(tmp_path / "assets")
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    assert main([*assets.study_args(nfes="2", trials=3, storage=url), "--no-validate"]) == 0
+    worker = ["worker", "--model", str(assets.model), "--device", "cpu", "--storage", url]
+    assert main([*worker, "--precision", "fp32", "--max-trials", "1"]) == 0
+    storage = open_storage(url)
+    (study,) = find_studies(storage)
+    assert study_precision(storage, study.study_id) == (0, "fp32")
+    capsys.readouterr()
+    assert main([*worker, "--precision", "bf16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "run in fp32" in err and "--precision fp32" in err, err
+    trials = storage.get_all_trials(study.study_id)
+    assert [t.user_attrs.get(PRECISION_ATTR) for t in trials if PRECISION_ATTR in t.user_attrs] == ["fp32"]
+    assert main([*worker, "--precision", "fp32"]) == 0  # the matching precision carries on
+    assert {t.user_attrs.get(PRECISION_ATTR) for t in storage.get_all_trials(study.study_id)} == {"fp32"}

@@ -28,7 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     best = best_coefficients(
-        open_storage(storage_url(args)), args.model, args.nfe, args.sampler, study_name=args.study
+        open_storage(storage_url(args), read_only=True),
+        args.model,
+        args.nfe,
+        args.sampler,
+        study_name=args.study,
     )
     if args.json:
         print_json(best.to_dict())

@@ -38,6 +38,11 @@ def add_study_selector(parser: argparse.ArgumentParser) -> None:
 
 def storage_url(args: argparse.Namespace) -> str:
     """The storage URL: --storage, else $SKIPTUNE_STORAGE, else the embedded SQLite file."""
+    if args.storage is not None and not args.storage.strip():
+        raise SkiptuneError(
+            f"empty --storage: expected a database URL, e.g. {DEFAULT_STORAGE} or "
+            "postgresql+psycopg://user:password@host:5432/dbname (leave the option out for the default)"
+        )
     return args.storage or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
 
 

@@ -14,8 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from skiptune.cli.common import parse_int_list
+from skiptune.cli.common import parse_int_list, storage_url
 from skiptune.errors import SkiptuneError
+from skiptune.storage.url import normalize_url
 
 HELP = "run the whole service on the bundled demo model (SQLite, local workers, CPU)"
 DESCRIPTION = """Create Heun studies for the bundled Fashion-MNIST model, run local workers on them,
@@ -52,10 +53,16 @@ def run(args: argparse.Namespace) -> int:
         raise SkiptuneError(
             f"bad --workers {args.workers} / --trials {args.trials}: expected positive integers"
         )
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    url = args.storage or f"sqlite:///{out / 'skiptune.db'}"
+    from skiptune.io import check_output_dir
+    from skiptune.objectives.spec import check_rungs
+
+    if args.n_samples < 2:
+        raise SkiptuneError(f"bad --n-samples {args.n_samples}: expected an integer >= 2, e.g. 500")
+    check_rungs(parse_int_list(args.rungs, what="rung"), args.n_samples)  # before anything runs
     nfes = parse_int_list(args.nfe, what="NFE")
+    given = normalize_url(storage_url(args)) if args.storage is not None else None
+    out = check_output_dir(Path(args.out).resolve(), what="the demo folder (--out)")
+    url = given or f"sqlite:///{out / 'skiptune.db'}"
     started = time.monotonic()
     print(f"[1/4] creating studies on {url}", flush=True)
     _skiptune(

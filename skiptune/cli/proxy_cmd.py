@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         raise SkiptuneError(
             "the gRPC proxy needs grpcio; install it with: pip install 'skiptune[grpc]'"
         ) from None
+    if not 1 <= args.port <= 65535:  # gRPC would bind a port of its own choosing and claim this one
+        raise SkiptuneError(f"bad --port {args.port}: expected a port number from 1 to 65535, e.g. 13000")
     url = storage_url(args)
     if url.startswith("grpc://"):
         raise SkiptuneError(f"--storage {url!r} is itself a proxy; pass the database URL behind it")

@@ -25,6 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from skiptune.report import write_report
 
-    for path in write_report(open_storage(storage_url(args)), args.model, args.out):
+    for path in write_report(open_storage(storage_url(args), read_only=True), args.model, args.out):
         print(path)
     return 0

@@ -13,6 +13,9 @@ from skiptune.cli.common import add_storage, model_help, parse_float_pair, parse
 from skiptune.errors import SkiptuneError
 from skiptune.sampling import SAMPLERS, generate_images
 
+#: Image file suffixes --out accepts -> PIL format names.
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
 HELP = "generate images with untuned, given or tuned skip coefficients"
 DESCRIPTION = """Generate images for the given seeds (sample i depends on seed i only, as in the
 search) with a sampler at a number of function evaluations (NFE), optionally with Skip-Tuning
@@ -60,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     SAMPLERS.get(args.sampler).steps_for_nfe(args.nfe)  # a bad NFE fails before loading the model
     if args.sigma_window and not args.rho:
         raise SkiptuneError("--sigma-window needs --rho (a tuned pair brings its own window)")
+    _check_outputs(args)  # before sampling: a bad --out must not cost the whole run
     device = resolve_device(args.device)
     loaded = load_model(args.model, device=device)
     schedule = _schedule(args, loaded.name)
@@ -92,7 +96,9 @@ def _schedule(args: argparse.Namespace, model_name: str):  # -> SkipSchedule
         from skiptune.search.query import best_coefficients
         from skiptune.storage import open_storage
 
-        best = best_coefficients(open_storage(storage_url(args)), model_name, args.nfe, args.sampler)
+        best = best_coefficients(
+            open_storage(storage_url(args), read_only=True), model_name, args.nfe, args.sampler
+        )
         evidence = (
             f"held-out gain {100 * best.gain:+.2f}% +- {100 * best.gain_se:.2f}% "
             f"over {best.holdout_samples} samples"
@@ -118,10 +124,25 @@ def _to_pil(image: np.ndarray):  # [H, W, C] uint8 -> PIL image
     raise SkiptuneError(f"cannot write {image.shape[2]}-channel images as PNG; expected 1 or 3 channels")
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    from skiptune.io import check_output_dir, check_output_path
+
+    if args.out is not None:
+        check_output_path(args.out, what="the image grid (--out)", suffixes=IMAGE_FORMATS)
+    else:
+        check_output_dir(args.outdir, what="the image folder (--outdir)")
+
+
+def _write_image(image: np.ndarray, path: Path, *, what: str) -> None:
+    from skiptune.io import atomic_write
+
+    pil = _to_pil(image)
+    atomic_write(path, lambda f: pil.save(f, format=IMAGE_FORMATS[path.suffix.lower()]), what=what)
+
+
 def _write_pngs(batch: torch.Tensor, seeds: list[int], outdir: Path) -> None:
-    outdir.mkdir(parents=True, exist_ok=True)
     for seed, image in zip(seeds, batch.permute(0, 2, 3, 1).numpy()):
-        _to_pil(image).save(outdir / f"{seed:06d}.png")
+        _write_image(image, outdir / f"{seed:06d}.png", what="an image")
 
 
 def _grid(images: torch.Tensor) -> np.ndarray:
@@ -135,5 +156,4 @@ def _grid(images: torch.Tensor) -> np.ndarray:
 
 
 def _save(image: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _to_pil(image).save(path)
+    _write_image(image, path, what="the image grid")

@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from skiptune.cli.common import print_json
     from skiptune.devices import resolve_device
     from skiptune.errors import SkiptuneError
+    from skiptune.io import check_output_path
     from skiptune.objectives.data import open_source
     from skiptune.objectives.features import create_extractor
     from skiptune.objectives.reference import compute_reference, save_reference
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         raise SkiptuneError(
             f"--batch-size {args.batch_size} and --resolution {args.resolution} must be positive"
         )
+    check_output_path(args.out, what="reference statistics (--out)", suffixes=(".npz",))
     device = resolve_device(args.device)
     extractor = create_extractor(args.extractor, device=device, weights_path=args.extractor_weights)
     source = open_source(args.source, resolution=args.resolution)

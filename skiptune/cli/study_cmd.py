@@ -24,6 +24,7 @@ from skiptune.sampling import SAMPLERS
 from skiptune.search.algorithms import SEARCH_ALGORITHMS
 from skiptune.search.space import DEFAULT_RHO_RANGE, SearchSpace
 from skiptune.storage import open_storage
+from skiptune.storage.url import normalize_url
 
 HELP = "create studies (one per NFE) or list them"
 DESCRIPTION = """Create one study per NFE for a model, sampler and objective. The trial budget
@@ -147,7 +148,7 @@ def _create(args: argparse.Namespace) -> int:
             else None
         ),
     )
-    storage = open_storage(storage_url(args))  # fail fast on a bad URL, before loading anything
+    url = normalize_url(storage_url(args))  # fail fast on a bad URL, before loading anything
     loaded = load_model(args.model, device="cpu")
     specs = study_specs(
         loaded,
@@ -165,6 +166,7 @@ def _create(args: argparse.Namespace) -> int:
     validation = None if args.no_validate else validation_settings(args, n_trials=args.trials)
     if validation is not None:
         validation.check_disjoint(args.seed_base, args.n_samples)
+    storage = open_storage(url)  # after every check: a refused command leaves no database file behind
     results = create_studies(storage, [replace(s, validation=validation) for s in specs])
     if args.json:
         print_json([vars(r) for r in results])
@@ -179,7 +181,7 @@ def _create(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from skiptune.search.query import summary_rows
 
-    rows = summary_rows(open_storage(storage_url(args)), args.model)
+    rows = summary_rows(open_storage(storage_url(args), read_only=True), args.model)
     if args.json:
         print_json(rows)
         return 0

@@ -50,7 +50,7 @@ def _gain(row: dict[str, object]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = summary_rows(open_storage(storage_url(args)), args.model)
+    rows = summary_rows(open_storage(storage_url(args), read_only=True), args.model)
     if args.json:
         print_json(rows)
         return 0

@@ -15,6 +15,8 @@ from skiptune.cli.common import (
 )
 from skiptune.errors import SkiptuneError
 from skiptune.storage import open_storage
+from skiptune.storage.open import require_existing_sqlite
+from skiptune.storage.url import normalize_url
 
 HELP = "validate a study's best pairs on held-out seeds (jobs for the workers)"
 DESCRIPTION = """Enqueue a validation round for one study now, whether or not its search budget is spent:
@@ -46,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.no_validate:
         raise SkiptuneError("--no-validate makes no sense for `skiptune validate`; leave it out")
-    storage = open_storage(storage_url(args))
+    url = normalize_url(storage_url(args))
+    if url.startswith("sqlite"):
+        require_existing_sqlite(url)  # validation never creates studies: a missing file is a typo
+    storage = open_storage(url)
     study = pick_study(storage, args.model, args.nfe, args.sampler, args.study)
     seed_base, n_samples = search_seeds(study)
     ns = argparse.Namespace(**{**vars(args), "n_samples": n_samples, "seed_base": seed_base})

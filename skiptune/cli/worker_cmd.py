@@ -8,6 +8,8 @@ import logging
 from skiptune.cli.common import add_storage, model_help, parse_int_list, storage_url
 from skiptune.errors import SkiptuneError
 from skiptune.sampling import SAMPLERS
+from skiptune.storage.open import require_existing_sqlite
+from skiptune.storage.url import normalize_url
 
 HELP = "run a worker (one process per GPU with --devices) on a model's studies"
 DESCRIPTION = """Loads the model once, then repeatedly picks the study with the least used budget,
@@ -71,6 +73,10 @@ def _check(args: argparse.Namespace) -> None:
             )
     if not args.db_timeout >= 0:  # also refuses nan
         raise SkiptuneError(f"bad --db-timeout {args.db_timeout}: expected seconds >= 0, e.g. 300")
+    if args.max_trials is not None and args.max_trials < 1:
+        raise SkiptuneError(
+            f"bad --max-trials {args.max_trials}: expected a positive integer (leave it out for no limit)"
+        )
     if args.grace <= args.heartbeat:
         raise SkiptuneError(
             f"--grace {args.grace} must exceed --heartbeat {args.heartbeat} (a few missed beats), e.g. 4x"
@@ -81,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
     from skiptune.search.worker import run_worker, run_worker_processes
 
     _check(args)
+    url = normalize_url(storage_url(args))
+    if url.startswith("sqlite"):
+        require_existing_sqlite(url)  # a worker never creates studies: a missing file is a typo
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     kwargs = dict(
         model=args.model,
@@ -94,13 +103,22 @@ def run(args: argparse.Namespace) -> int:
         db_timeout=args.db_timeout,
     )
     if args.devices:
+        from skiptune.devices import resolve_device
+
         devices = [f"cuda:{i}" for i in parse_int_list(args.devices, what="device")]
-        return run_worker_processes(storage_url(args), devices=devices, **kwargs)  # type: ignore[arg-type]
-    summary = run_worker(storage_url(args), device=args.device, **kwargs)  # type: ignore[arg-type]
+        for device in devices:  # here, once, rather than a traceback from every spawned process
+            resolve_device(device)
+        return run_worker_processes(url, devices=devices, **kwargs)  # type: ignore[arg-type]
+    summary = run_worker(url, device=args.device, **kwargs)  # type: ignore[arg-type]
     print(
         f"worker {summary.worker_id}: {summary.count('complete')} complete, "
         f"{summary.count('pruned')} pruned, "
         f"{summary.count('failed')} failed" + (" (stopped by signal)" if summary.stopped else ""),
         flush=True,
     )
+    if summary.exit_code():
+        raise SkiptuneError(
+            f"every trial this worker evaluated failed ({summary.count('failed')}); the reasons are in "
+            "the log lines above and in each trial's skiptune_fail attribute: fix the setup, then rerun"
+        )
     return 0

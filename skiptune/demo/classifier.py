@@ -16,6 +16,7 @@ from torch import nn
 
 from skiptune.demo.bundled import DEMO_CLASSIFIER_PATH, DEMO_EXTRACTOR
 from skiptune.errors import SkiptuneError
+from skiptune.io import load_weights
 
 EXTRACTOR_NAME = DEMO_EXTRACTOR
 CHECKPOINT_FORMAT = "skiptune-classifier"
@@ -97,13 +98,19 @@ def load_classifier(path: str | Path, *, device: str | torch.device = "cpu") -> 
             f"classifier weights {str(path)!r} not found; train them with "
             "`skiptune train classifier --data DIR --out PATH` (or reinstall skiptune for the bundled ones)"
         )
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = load_weights(path, what="classifier weights")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise SkiptuneError(
             f"{str(path)!r} is not a skiptune classifier checkpoint (format {CHECKPOINT_FORMAT!r})"
         )
-    model = FashionClassifier(**payload["config"])
-    model.load_state_dict(payload["state_dict"], strict=True)
+    try:
+        model = FashionClassifier(**payload["config"])
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise SkiptuneError(
+            f"{str(path)!r} is a damaged classifier checkpoint ({str(exc).splitlines()[0][:160]}); "
+            "train it again with `skiptune train classifier` (or reinstall skiptune for the bundled one)"
+        ) from None
     return model.to(device).eval().requires_grad_(False)
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from skiptune.errors import SkiptuneError
+from skiptune.io import load_weights
 from skiptune.nets.edm import BACKBONES, EDMPrecond
 from skiptune.nets.edm2 import EDM2Precond, EDM2UNet
 from skiptune.nets.precond import VEPrecond, VPPrecond
@@ -163,17 +164,8 @@ def _short(config: dict[str, Any]) -> str:
 
 
 def _load_torch(path: Path) -> torch.nn.Module:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise SkiptuneError(
-            f"{path}: refused to load: it is not a plain weights file ({_first_line(exc)}); only "
-            "skiptune-format .pt files load (save_checkpoint), never pickled code"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise SkiptuneError(
-            f"{path}: unreadable or truncated .pt file ({_first_line(exc)}); re-create it"
-        ) from None
+    # never pickled code; PyTorch's "retry with weights_only=False" advice is not passed on
+    payload = load_weights(path, what="checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise SkiptuneError(
             f"{path}: not a skiptune checkpoint (expected a dict with format={FORMAT!r}, class_name, "

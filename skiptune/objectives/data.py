@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from skiptune.errors import SkiptuneError
+from skiptune.io import load_npz
 from skiptune.plugins import IMAGE_SOURCES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -98,6 +99,11 @@ class TensorSource:
             raise SkiptuneError(
                 f"{description}: expected uint8 images [N,C,H,W], got {images.dtype} {tuple(images.shape)}"
             )
+        if images.shape[0] < 2:  # a covariance needs two images
+            raise SkiptuneError(
+                f"{description}: holds {images.shape[0]} images; statistics need at least 2 (thousands "
+                "for a useful reference): pass a source with images"
+            )
         self.images = images.contiguous()
         self.description = description
         self._fingerprint: str | None = None
@@ -136,8 +142,14 @@ class FolderSource:
     def _read(self, path: Path) -> np.ndarray:
         from PIL import Image
 
-        with Image.open(path) as img:
-            arr = np.asarray(img.convert("L" if img.mode in ("L", "1", "I;16", "I") else "RGB"))
+        try:  # UnidentifiedImageError (not an image, truncated) is an OSError
+            with Image.open(path) as img:
+                arr = np.asarray(img.convert("L" if img.mode in ("L", "1", "I;16", "I") else "RGB"))
+        except OSError as exc:
+            raise SkiptuneError(
+                f"cannot read image {str(path)!r} ({str(exc).splitlines()[0][:120]}); remove or replace "
+                "the file, then run the command again"
+            ) from None
         return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
@@ -164,16 +176,13 @@ class FolderSource:
 
 
 def _npz_images(path: Path) -> torch.Tensor:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            key = next((k for k in ("images", "arr_0") if k in data.files), None)
-            if key is None:
-                raise SkiptuneError(
-                    f"{str(path)!r} has arrays {data.files}; expected a uint8 array named 'images' or 'arr_0'"
-                )
-            arr = data[key]
-    except (OSError, ValueError) as exc:
-        raise SkiptuneError(f"cannot read {str(path)!r} as .npz ({exc})") from None
+    arrays = load_npz(path, what="images")
+    key = next((k for k in ("images", "arr_0") if k in arrays), None)
+    if key is None:
+        raise SkiptuneError(
+            f"{str(path)!r} has arrays {sorted(arrays)}; expected a uint8 array named 'images' or 'arr_0'"
+        )
+    arr = arrays[key]
     if arr.dtype != np.uint8 or arr.ndim != 4:
         raise SkiptuneError(
             f"{str(path)!r}: expected uint8 images [N,H,W,C] or [N,C,H,W], got {arr.dtype} {arr.shape}"

@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from skiptune.errors import SkiptuneError
+from skiptune.io import load_weights
 from skiptune.plugins import EXTRACTORS
 
 INCEPTION_WEIGHTS_ENV = "SKIPTUNE_INCEPTION_WEIGHTS"
@@ -85,8 +86,17 @@ class ModuleExtractor:
                 f"extractor {self.name!r} takes {self.input_channels}-channel images, "
                 f"got {x.shape[1]} channels"
             )
-        with torch.no_grad():
-            out = self.module(_INPUT_FORMATS[self.input_format](x.contiguous()))
+        try:
+            with torch.no_grad():
+                out = self.module(_INPUT_FORMATS[self.input_format](x.contiguous()))
+        except RuntimeError as exc:  # a module made for other image sizes (shape mismatch inside it)
+            if "out of memory" in str(exc):
+                raise
+            raise SkiptuneError(
+                f"extractor {self.name!r} failed on images of shape {tuple(images.shape[1:])} "
+                f"({str(exc).splitlines()[0][:160]}); give it images of the size it was made for "
+                "(check --resolution and the model's image size)"
+            ) from None
         if isinstance(out, (tuple, list)):  # torch-fidelity modules return a tuple of requested features
             out = out[0]
         if out.ndim != 2 or out.shape != (images.shape[0], self.feature_dim):
@@ -140,10 +150,7 @@ def inception_weights_path(weights_path: str | os.PathLike[str] | None = None) -
 def _checked_state_dict(path: Path, *, what: str, hint: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise SkiptuneError(f"{what} weights not found at {str(path)!r}; {hint}")
-    try:  # weights_only: a state dict of tensors, never code from the file
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise SkiptuneError(f"cannot read {what} weights {str(path)!r} as a state dict ({exc})") from None
+    state = load_weights(path, what=f"{what} weights")  # a state dict of tensors, never code from the file
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SkiptuneError(f"{str(path)!r} is not a state dict of tensors; expected the {what} weights")
     return state

@@ -60,7 +60,8 @@ class FDObjective:
                 f"extractor {extractor.name!r} takes {wanted}x{wanted} images but the model makes "
                 f"{resolution}x{resolution}; choose an extractor that accepts them (e.g. inception-v3-compat)"
             )
-        check_compatible(reference, extractor=extractor, resolution=resolution)
+        channels = int(denoiser.img_channels)  # type: ignore[arg-type]
+        check_compatible(reference, extractor=extractor, resolution=resolution, channels=channels)
         self.spec, self.denoiser, self.sampler, self.nfe = spec, denoiser, sampler, nfe
         self.extractor, self.reference = extractor, reference
         self.n_samples, self.rungs, self.seed_base = spec.n_samples, spec.rungs, spec.seed_base

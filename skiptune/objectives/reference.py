@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from skiptune.errors import SkiptuneError
+from skiptune.io import atomic_write, check_output_dir, load_npz, load_weights
 from skiptune.objectives.data import ImageSource
 from skiptune.objectives.features import FeatureExtractor
 from skiptune.objectives.frechet import FeatureStats
@@ -56,6 +56,7 @@ class ReferenceStats:
     resolution: int | None = None
     extractor: str | None = None  # None: unknown (e.g. EDM's files, which hold no metadata)
     source: str = ""
+    channels: int | None = None  # image channels the statistics were computed from; None: not recorded
     feature_dim: int = field(init=False)
     sha256: str = field(init=False)
 
@@ -79,24 +80,13 @@ class ReferenceStats:
             "resolution": self.resolution,
             "extractor": self.extractor,
             "source": self.source,
+            "channels": self.channels,
             "feature_dim": self.feature_dim,
             "sha256": self.sha256,
         }
 
 
 # -------------------------------------------------------------------------------------------- files
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)  # readers see the old file or the whole new one, never half
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_reference(reference: ReferenceStats, path: str | os.PathLike[str]) -> None:
@@ -107,6 +97,7 @@ def save_reference(reference: ReferenceStats, path: str | os.PathLike[str]) -> N
             ("count", reference.count),
             ("resolution", reference.resolution),
             ("extractor", reference.extractor),
+            ("channels", reference.channels),
         )
         if v is not None
     }
@@ -117,7 +108,7 @@ def save_reference(reference: ReferenceStats, path: str | os.PathLike[str]) -> N
         "source": np.str_(reference.source),
         **{k: np.asarray(v) for k, v in meta.items()},
     }
-    _atomic_write(Path(path), lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: np.savez(f, **arrays), what="reference statistics")
 
 
 def resolve_reference(name_or_path: str | os.PathLike[str]) -> Path:
@@ -149,11 +140,7 @@ def load_reference(path: str | os.PathLike[str]) -> ReferenceStats:
 
 
 def _load_npz(path: Path) -> ReferenceStats:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise SkiptuneError(f"cannot read reference statistics {str(path)!r} ({exc})") from None
+    arrays = load_npz(path, what="reference statistics")
     if "mu" not in arrays or "sigma" not in arrays:
         raise SkiptuneError(
             f"{str(path)!r} has arrays {sorted(arrays)}; reference statistics need 'mu' and 'sigma'"
@@ -172,6 +159,7 @@ def _load_npz(path: Path) -> ReferenceStats:
         resolution=meta("resolution"),
         extractor=meta("extractor"),
         source=str(meta("source") or path),
+        channels=meta("channels"),
     )
 
 
@@ -185,11 +173,7 @@ def _np_reconstruct() -> Any:
 
 def _load_fidelity(path: Path) -> ReferenceStats:
     safe = [np.ndarray, np.dtype, np.dtypes.Float32DType, np.dtypes.Float64DType, _np_reconstruct()]
-    try:
-        with torch.serialization.safe_globals(safe):
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise SkiptuneError(f"cannot read {str(path)!r} as torch-fidelity statistics ({exc})") from None
+    data = load_weights(path, what="torch-fidelity statistics", safe_globals=safe)
     if not isinstance(data, dict) or "mu" not in data or "sigma" not in data:
         raise SkiptuneError(
             f"{str(path)!r} is not torch-fidelity FID statistics (a dict with 'mu' and 'sigma')"
@@ -244,7 +228,9 @@ def compute_reference(
     cached = cache_dir() / "reference" / f"{key}.npz"
     if use_cache and cached.is_file():
         return _load_npz(cached)
-    stats, resolution = _accumulate(source, extractor, batch_size=batch_size, progress=progress)
+    if use_cache:  # an unwritable cache fails now, not after the features of every image
+        check_output_dir(cached.parent, what=f"the statistics cache (${CACHE_ENV})")
+    stats, (channels, resolution) = _accumulate(source, extractor, batch_size=batch_size, progress=progress)
     reference = ReferenceStats(
         mu=stats.mean(),
         sigma=stats.cov(),
@@ -252,6 +238,7 @@ def compute_reference(
         resolution=resolution,
         extractor=extractor.name,
         source=source.description,
+        channels=channels,
     )
     if use_cache:
         save_reference(reference, cached)
@@ -260,23 +247,32 @@ def compute_reference(
 
 def _accumulate(
     source: ImageSource, extractor: FeatureExtractor, *, batch_size: int, progress: bool
-) -> tuple[FeatureStats, int]:
+) -> tuple[FeatureStats, tuple[int, int]]:
+    """Feature sums of every image, and the (channels, resolution) of the images."""
     from tqdm.auto import tqdm
 
     stats = FeatureStats(extractor.feature_dim, device=getattr(extractor, "device", "cpu"))
-    resolution = 0
+    shape = (0, 0)
     with tqdm(
         total=len(source), unit="img", desc=f"features ({extractor.name})", disable=not progress
     ) as bar:
         for batch in source.batches(batch_size):
-            resolution = int(batch.shape[-1])
+            shape = (int(batch.shape[1]), int(batch.shape[-1]))
             stats.update(extractor(batch))
             bar.update(int(batch.shape[0]))
-    return stats, resolution
+    return stats, shape
 
 
-def check_compatible(reference: ReferenceStats, *, extractor: FeatureExtractor, resolution: int) -> None:
-    """Raise before any sampling when ``reference`` cannot be compared with this extractor/resolution."""
+def check_compatible(
+    reference: ReferenceStats, *, extractor: FeatureExtractor, resolution: int, channels: int | None = None
+) -> None:
+    """Raise before any sampling when ``reference`` cannot be compared with this extractor and image shape.
+
+    ``channels``: the model's image channels. They must be those the statistics were computed from
+    (recorded by ``skiptune stats``) or, for files that do not record them, those the extractor takes
+    (greyscale is repeated to RGB for a 3-channel extractor, as EDM's fid.py does): a 3-channel model
+    scored against greyscale statistics measures the colour, not the model.
+    """
     fix = (
         f"recompute them with `skiptune stats --source SOURCE --extractor {extractor.name} "
         f"--resolution {resolution} --out FILE.npz`"
@@ -292,8 +288,25 @@ def check_compatible(reference: ReferenceStats, *, extractor: FeatureExtractor, 
             f"{reference.extractor!r}, "
             f"not {extractor.name!r}; {fix}"
         )
+    if channels is not None:
+        _check_channels(reference, extractor=extractor, channels=channels)
     if reference.resolution is not None and reference.resolution != resolution:
         raise SkiptuneError(
             f"reference statistics {reference.source!r} are of {reference.resolution}x{reference.resolution} "
             f"images but the model makes {resolution}x{resolution}; {fix}"
+        )
+
+
+def _check_channels(reference: ReferenceStats, *, extractor: FeatureExtractor, channels: int) -> None:
+    if reference.channels is not None:
+        expected, basis = reference.channels, f"reference statistics {reference.source!r} are of"
+    else:
+        expected, basis = extractor.input_channels, f"extractor {extractor.name!r} takes"
+        if (channels, expected) == (1, 3):
+            return  # greyscale repeated to RGB
+    if channels != expected:
+        raise SkiptuneError(
+            f"the model makes {channels}-channel images but {basis} {expected}-channel images; compute "
+            f"statistics of {channels}-channel images with `skiptune stats --source SOURCE --extractor "
+            f"{extractor.name} --out FILE.npz` (or use a model of {expected}-channel images)"
         )

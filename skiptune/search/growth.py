@@ -11,10 +11,7 @@ import math
 from dataclasses import replace
 
 from skiptune.search.space import SearchSpace
-
-#: Hard limits of a grown box: a coefficient below 0 flips a skip's sign; far above 1 the decoder sees
-#: skip activations it never saw in training (the paper's tuned values lie in 0.5-1.2).
-RHO_HARD_LIMITS = (0.0, 2.0)
+from skiptune.skips import RHO_HARD_LIMITS  # a grown box stays within them
 
 
 def _grow_side(

@@ -18,7 +18,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 
 from skiptune.errors import SkiptuneError
-from skiptune.skips import SkipSchedule
+from skiptune.skips import RHO_HARD_LIMITS, SkipSchedule
 
 DEFAULT_RHO_RANGE = (0.2, 1.2)
 BASELINE_PARAMS: dict[str, float] = {"rho_bottom": 1.0, "rho_top": 1.0}
@@ -36,6 +36,11 @@ class SearchSpace:
         for name, (lo, hi) in (("rho_bottom", self.rho_bottom), ("rho_top", self.rho_top)):
             if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo < hi):
                 raise SkiptuneError(f"bad {name} range ({lo}, {hi}): expected 0 <= low < high, e.g. 0.5 1.2")
+            if not RHO_HARD_LIMITS[0] <= lo < hi <= RHO_HARD_LIMITS[1]:
+                raise SkiptuneError(
+                    f"bad {name} range ({lo:g}, {hi:g}): outside the hard limits [{RHO_HARD_LIMITS[0]:g}, "
+                    f"{RHO_HARD_LIMITS[1]:g}] of skip coefficients; pass a range inside them, e.g. 0.5 1.2"
+                )
         if self.sigma_window is not None:
             lo, hi = self.sigma_window
             if not (0 < lo < hi and math.isfinite(hi)):

@@ -36,6 +36,7 @@ from skiptune.search.budget import fresh_trials, used_budget
 from skiptune.search.experiment import Experiment, advance, load_experiment
 from skiptune.search.heartbeat import heartbeat_interval
 from skiptune.search.lineage import MAX_RETRIES, Held
+from skiptune.search.precision import check_precision
 from skiptune.search.pruning import RungPruner
 from skiptune.search.records import reset_session
 from skiptune.search.resilience import DEFAULT_DB_TIMEOUT_S, StorageGuard, first_line
@@ -63,6 +64,11 @@ class WorkerSummary:
 
     def count(self, state: str) -> int:
         return sum(o.state == state for o in self.outcomes)
+
+    def exit_code(self) -> int:
+        """1 when every trial this worker evaluated failed (a broken setup, not bad luck), else 0."""
+        failed = self.count("failed")
+        return 1 if failed and failed == self.evaluated - self.count("released") else 0
 
     @property
     def evaluated(self) -> int:
@@ -109,6 +115,7 @@ def run_worker(
 
     def objective_for(s: StoredStudy) -> Objective:
         if s.name not in objectives:
+            check_precision(storage, s, precision_used)  # one precision per study
             objectives[s.name] = _checked_objective(
                 factory(net, s.spec, device=dev, batch_size=batch_size), s
             )
@@ -347,10 +354,11 @@ def _fast_net(net: torch.nn.Module, device: torch.device, precision: str) -> tup
 def _process_main(storage_url: str, kwargs: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        run_worker(storage_url, **kwargs)
-    except SkiptuneError as exc:  # one line, as the CLI prints it, not a child's traceback
+        summary = run_worker(storage_url, **kwargs)
+    except SkiptuneError as exc:  # one line per process, not a traceback
         print(f"skiptune worker ({kwargs.get('device')}): error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
+    sys.exit(summary.exit_code())
 
 
 def run_worker_processes(storage_url: str, *, devices: Sequence[str], **kwargs: Any) -> int:

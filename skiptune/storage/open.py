@@ -60,12 +60,17 @@ def open_storage(
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+    read_only: bool = False,
 ) -> optuna.storages.BaseStorage:
     """Open (and create the tables of) the storage at ``url``.
 
     ``heartbeat_interval``/``grace_period`` (seconds) turn on Optuna's heartbeat: a RUNNING trial
     whose process stopped beating for ``grace_period`` is stale (workers sweep those themselves,
     ``skiptune.search.stale``; ``stale_trial_callback`` serves Optuna's own ``fail_stale_trials``).
+
+    ``read_only`` (the query verbs): a SQLite file must exist already (a typo'd path is refused, not
+    created) and is opened read-only, so a database on a read-only disk or of another user can be
+    read; other backends are opened as usual.
     """
     url = normalize_url(url)
     if url.startswith("grpc://"):
@@ -76,6 +81,8 @@ def open_storage(
                 stacklevel=2,
             )
         return _open_grpc(url)
+    if url.startswith("sqlite") and read_only:
+        return _open_sqlite_read_only(url)
     if url.startswith("sqlite"):
         _check_sqlite_path(url)
         kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
@@ -98,12 +105,59 @@ def open_storage(
         ) from None
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
         raise SkiptuneError(
-            f"cannot open storage {mask_url(url)!r}: {_first_line(exc)}; check that the database "
-            "server is running and reachable, and that the user, password and database name are right"
+            f"cannot open storage {mask_url(url)!r}: {_first_line(exc)}; {_advice(url)}"
         ) from None
     if url.startswith("sqlite"):
         _configure_sqlite(storage.engine)
     return storage
+
+
+def _advice(url: str) -> str:
+    if url.startswith("sqlite"):
+        return (
+            "check that the file is a SQLite database written by skiptune or Optuna, that it and its "
+            "folder are writable, and that the disk has free space"
+        )
+    return (
+        "check that the database server is running and reachable, and that the user, password and "
+        "database name are right"
+    )
+
+
+def require_existing_sqlite(url: str) -> Path:
+    """The file of a SQLite URL, which must exist: for verbs that never create studies (query, worker),
+    a missing file is a typo, and creating it would only hide that."""
+    database = sqlalchemy.engine.make_url(url).database
+    if not database or database == ":memory:" or not Path(database).expanduser().is_file():
+        raise SkiptuneError(
+            f"no SQLite database at {database!r} (storage {url!r}); check the path, or create studies "
+            "there first with `skiptune study create`"
+        )
+    return Path(database).expanduser().resolve()
+
+
+def _open_sqlite_read_only(url: str) -> optuna.storages.BaseStorage:
+    """Open an existing SQLite file with ``mode=ro``: nothing is created, written or locked."""
+    path = require_existing_sqlite(url)
+    # mode=ro reads alongside live writers; a WAL database in a read-only folder has no -shm file and
+    # cannot be opened so: there, nobody can be writing, and immutable=1 reads the file as it is.
+    failure: BaseException | None = None
+    for flags in ("mode=ro", "immutable=1"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    f"sqlite:///file:{path}?{flags}&uri=true",
+                    engine_kwargs={"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}},
+                    skip_table_creation=True,
+                )
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+            failure = failure or exc
+    assert failure is not None
+    raise SkiptuneError(
+        f"cannot read storage {url!r}: {_first_line(failure)}; check that the file is a SQLite database "
+        "written by skiptune or Optuna"
+    ) from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -32,6 +32,7 @@ def normalize_url(url: str) -> str:
             f"unsupported storage URL {mask_url(url)!r}: expected one of the schemes "
             f"{', '.join(SCHEMES)}, e.g. {_EXAMPLES}"
         )
+    _check_port(url)
     if backend == "postgresql" and driver in ("", "psycopg2", "psycopg"):
         # psycopg 3 is the driver skiptune installs (extra `postgres`); psycopg2 is not a dependency.
         return "postgresql+psycopg://" + url.partition("://")[2]
@@ -42,3 +43,19 @@ def normalize_url(url: str) -> str:
     if backend == "sqlite" and driver:
         raise SkiptuneError(f"unsupported SQLite driver {driver!r} in {mask_url(url)!r}: use sqlite:///PATH")
     return url
+
+
+def _check_port(url: str) -> None:
+    """A port that is no number (``host:abc``) or out of range: one line now, not a driver traceback."""
+    try:
+        port = sqlalchemy.engine.make_url(url).port
+    except ValueError:
+        port = -1
+    except sqlalchemy.exc.ArgumentError as exc:
+        raise SkiptuneError(f"bad storage URL {mask_url(url)!r} ({exc}); expected e.g. {_EXAMPLES}") from None
+    if port is not None and not 1 <= port <= 65535:
+        host_port = url.partition("://")[2].split("/", 1)[0].rpartition("@")[2]
+        raise SkiptuneError(
+            f"bad port in storage URL {mask_url(url)!r} ({host_port!r}): expected a number from 1 to 65535, "
+            "e.g. host:5432"
+        )
