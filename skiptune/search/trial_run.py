@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,6 +27,7 @@ from skiptune.search.records import (
     ROLE_ATTR,
     WORKER_ATTR,
     study_id,
+    study_storage,
     trial_id,
 )
 from skiptune.search.resilience import StorageGuard
@@ -78,11 +79,27 @@ def run_one_trial(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "heartbeat is supposed to be used with optimize"
         trial = study.ask()  # pops an enqueued (WAITING) trial first, as Optuna does
+    return run_held(
+        study, trial, lambda: _claimed(study, storage, spec, objective, trial, worker_id, stop, precision),
+        guard=guard, held=held,
+    )  # fmt: skip
+
+
+def run_held(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    body: Callable[[], TrialOutcome],
+    *,
+    guard: StorageGuard | None,
+    held: lineage.Held | None,
+) -> TrialOutcome:
+    """Run ``body`` for a claimed trial (search trial or validation job): held for release on a signal,
+    with a heartbeat; a trial someone else ended meanwhile is dropped, not overwritten."""
     if held is not None:
         held.hold(study, trial)
-    with Heartbeat(storage, trial_id(trial), guard=guard):
+    with Heartbeat(study_storage(study), trial_id(trial), guard=guard):
         try:
-            return _claimed(study, storage, spec, objective, trial, worker_id, stop, precision)
+            return body()
         except (UpdateFinishedTrialError, ValueError):  # ValueError: Optuna's "Cannot tell a FAIL trial"
             if not lineage.taken_over(study, trial):
                 raise

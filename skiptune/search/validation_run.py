@@ -13,18 +13,16 @@ import logging
 
 import optuna
 import torch
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from skiptune.errors import EvaluationError
 from skiptune.search import lineage
 from skiptune.search import records as rec
 from skiptune.search.experiment import job_distribution
-from skiptune.search.heartbeat import Heartbeat
 from skiptune.search.resilience import StorageGuard
 from skiptune.search.space import schedule_from_params
 from skiptune.search.stopping import StopSignal, WorkerStopped
-from skiptune.search.trial_run import Objective, TrialOutcome, fail_trial, release_trial
+from skiptune.search.trial_run import Objective, TrialOutcome, fail_trial, release_trial, run_held
 from skiptune.search.validate import ValidationSettings
 
 _log = logging.getLogger(__name__)
@@ -45,15 +43,10 @@ def run_validation_job(
     trial = rec.pop_waiting(study)
     if trial is None:
         return None
-    if held is not None:
-        held.hold(study, trial)
-    with Heartbeat(rec.study_storage(study), rec.trial_id(trial), guard=guard):
-        try:
-            return _run_job(study, trial, settings, objective, worker_id, stop, precision)
-        except (UpdateFinishedTrialError, ValueError):  # ValueError: Optuna's "Cannot tell a FAIL trial"
-            if not lineage.taken_over(study, trial):
-                raise
-            return TrialOutcome(trial.number, "dropped")
+    return run_held(
+        study, trial, lambda: _run_job(study, trial, settings, objective, worker_id, stop, precision),
+        guard=guard, held=held,
+    )  # fmt: skip
 
 
 def _run_job(
