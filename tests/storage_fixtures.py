@@ -9,6 +9,8 @@ Tests on PostgreSQL are skipped, with the reason, only when the server cannot be
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -89,6 +91,18 @@ class SearchAssets:
             "--extractor", f"torchscript:{self.extractor}", "--reference", str(self.reference),
             "--n-samples", str(n_samples), "--rungs", rungs, "--trials", str(trials), "--storage", storage,
         ]  # fmt: skip
+
+    def worker(
+        self, url: str, log: Path, *, batch_size: int = 16, grace: int = 3, extra: tuple[str, ...] = ()
+    ) -> subprocess.Popen[bytes]:
+        """A `skiptune worker` process on this model's NFE 2 and 3 studies, on the CPU, 1 s heartbeat."""
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SKIPTUNE_STORAGE": url}
+        command = [
+            sys.executable, "-m", "skiptune", "worker", "--model", str(self.model), "--nfe", "2,3",
+            "--device", "cpu", "--batch-size", str(batch_size), "--heartbeat", "1", "--grace", str(grace),
+            *extra,
+        ]  # fmt: skip
+        return subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
 class _TinyFeatures(torch.nn.Module):

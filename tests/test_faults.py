@@ -381,14 +381,7 @@ def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
         pg.remove()
 
 
-def _fleet_worker(assets: SearchAssets, url: str, log: Path, *, batch_size: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SKIPTUNE_STORAGE": url}
-    command = [
-        sys.executable, "-m", "skiptune", "worker", "--model", str(assets.model), "--nfe", "2,3",
-        "--device", "cpu", "--batch-size", str(batch_size), "--heartbeat", "1", "--grace", "3",
-        "--db-timeout", "120",
-    ]  # fmt: skip
-    return subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+RIDE_OUT = ("--db-timeout", "120")  # fleet workers ride out the outage
 
 
 def _catch(victims: list[subprocess.Popen[bytes]], url: str, timeout: float = 300) -> list[FrozenTrial]:
@@ -441,14 +434,14 @@ def test_fleet_rides_out_restart_kill_and_freeze(
     assert cli([*args, "--validate-samples", "32", "--validate-blocks", "4", "--growth-trials", "0"]) == 0
     logs = [tmp_path / f"w{i}.log" for i in range(10)]
     # the two victims first (batch size 1: long trials), caught inside their first trial
-    killed_w = _fleet_worker(search_assets, url, logs[0], batch_size=1)
-    frozen_w = _fleet_worker(search_assets, url, logs[1], batch_size=1)
+    killed_w = search_assets.worker(url, logs[0], batch_size=1, extra=RIDE_OUT)
+    frozen_w = search_assets.worker(url, logs[1], batch_size=1, extra=RIDE_OUT)
     others: list[subprocess.Popen[bytes]] = []
     try:
         killed, frozen = _catch([killed_w, frozen_w], url)  # the frozen one stays so past --grace
         os.kill(killed_w.pid, signal.SIGKILL)
         killed_w.wait()
-        others = [_fleet_worker(search_assets, url, log, batch_size=4) for log in logs[2:]]
+        others = [search_assets.worker(url, log, batch_size=4, extra=RIDE_OUT) for log in logs[2:]]
         _wait_for(lambda: _finished(url) >= 3, "the others to finish 3 trials")
         pg.stop()  # the database goes away mid-run for 10 s
         time.sleep(10)

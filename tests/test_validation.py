@@ -14,7 +14,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -267,16 +266,6 @@ def test_old_study_is_unvalidated_until_validate(
 # ------------------------------------------------------------------------------- many processes
 
 
-def _worker(assets: SearchAssets, url: str, log: Path, *, batch_size: int) -> subprocess.Popen[bytes]:
-    # grace 10 s: on a loaded 2-core machine a live worker can miss a few 1 s heartbeats
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SKIPTUNE_STORAGE": url}
-    command = [
-        sys.executable, "-m", "skiptune", "worker", "--model", str(assets.model), "--nfe", "2,3",
-        "--device", "cpu", "--batch-size", str(batch_size), "--heartbeat", "1", "--grace", "10",
-    ]  # fmt: skip
-    return subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-
 def _jobs(url: str) -> list[FrozenTrial]:
     storage = optuna.storages.RDBStorage(normalize_url(url))
     return [
@@ -312,11 +301,12 @@ def test_jobs_run_exactly_once_across_eight_workers(
     # a tiny search, then validation jobs long enough (200 samples, batch 1) to catch the victim in one
     args = search_assets.study_args(nfes="2,3", trials=3, storage=postgres_url)
     assert cli([*args, "--validate-samples", "200", "--validate-blocks", "4", "--growth-trials", "0"]) == 0
-    victim = _worker(search_assets, postgres_url, tmp_path / "victim.log", batch_size=1)
+    victim = search_assets.worker(postgres_url, tmp_path / "victim.log", batch_size=1, grace=10)
     killed = _catch_in_job(victim, postgres_url)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
-    workers = [_worker(search_assets, postgres_url, tmp_path / f"w{i}.log", batch_size=16) for i in range(7)]
+    # grace 10 s: on a loaded 2-core machine a live worker can miss a few 1 s heartbeats
+    workers = [search_assets.worker(postgres_url, tmp_path / f"w{i}.log", grace=10) for i in range(7)]
     for i, w in enumerate(workers):
         try:
             assert w.wait(timeout=240) == 0, (tmp_path / f"w{i}.log").read_text()[-3000:]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,15 +39,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.excep
 BUDGET = 10
 WARM = {"rho_bottom": 0.7, "rho_top": 0.8}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def _worker(assets: SearchAssets, url: str, log: Path, *, batch_size: int = 16) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "SKIPTUNE_STORAGE": url}
-    command = [
-        sys.executable, "-m", "skiptune", "worker", "--model", str(assets.model), "--nfe", "2,3",
-        "--device", "cpu", "--batch-size", str(batch_size), "--heartbeat", "1", "--grace", "3",
-    ]  # fmt: skip
-    return subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
 def _create_studies(assets: SearchAssets, url: str) -> None:
@@ -100,9 +90,9 @@ def _catch_mid_trial(victim: subprocess.Popen[bytes], url: str, *, timeout: floa
 def _cooperate(assets: SearchAssets, url: str, n_workers: int, tmp_path: Path) -> None:
     _create_studies(assets, url)
     # batch size 1 makes the victim's trials long enough to catch it inside one
-    victim = _worker(assets, url, tmp_path / "victim.log", batch_size=1)
+    victim = assets.worker(url, tmp_path / "victim.log", batch_size=1)
     killed = _kill_mid_trial(victim, url)
-    workers = [_worker(assets, url, tmp_path / f"worker{i}.log") for i in range(n_workers - 1)]
+    workers = [assets.worker(url, tmp_path / f"worker{i}.log") for i in range(n_workers - 1)]
     for i, w in enumerate(workers):
         try:
             rc = w.wait(timeout=150)
@@ -161,7 +151,7 @@ def test_two_workers_on_sqlite(search_assets: SearchAssets, tmp_path: Path) -> N
 def test_sigterm_releases_the_trial_and_exits_zero(search_assets: SearchAssets, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     assert cli(search_assets.study_args(nfes="2,3", trials=BUDGET, storage=url)) == 0
-    worker = _worker(search_assets, url, tmp_path / "w.log", batch_size=1)
+    worker = search_assets.worker(url, tmp_path / "w.log", batch_size=1)
     caught = _catch_mid_trial(worker, url)
     os.kill(worker.pid, signal.SIGTERM)
     os.kill(worker.pid, signal.SIGCONT)
