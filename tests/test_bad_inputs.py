@@ -13,6 +13,7 @@ import pickle
 import resource
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -444,7 +445,9 @@ def test_read_only_folder_and_read_only_database(files: Files, tmp_path: Path) -
     prefix = _unprivileged()
     folder = tmp_path / "ro"
     folder.mkdir()
-    shutil.copy(files.db, folder / "studies.db")
+    # a consistent copy: the fixture's database is in WAL mode, recent commits may sit in its -wal file
+    with sqlite3.connect(files.db) as src, sqlite3.connect(folder / "studies.db") as dst:
+        src.backup(dst)
     (folder / "studies.db").chmod(0o444)
     folder.chmod(0o555)
     try:
