@@ -8,6 +8,7 @@ Tests on PostgreSQL are skipped, with the reason, only when the server cannot be
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import pytest
 import sqlalchemy.engine
 import torch
@@ -175,3 +177,16 @@ def fresh_search_assets(tmp_path: Path) -> SearchAssets:
 @pytest.fixture(scope="session")
 def search_assets(tmp_path_factory: pytest.TempPathFactory) -> SearchAssets:
     return make_search_assets(tmp_path_factory.mktemp("search_assets"))
+
+
+@contextlib.contextmanager
+def plain_storage(url: str) -> Iterator[optuna.storages.RDBStorage]:
+    """A plain Optuna storage for a test's polling reads (they never wait on a stopped worker's lock);
+    its connections are closed afterwards, so polling does not pile up idle server connections."""
+    from skiptune.storage import normalize_url
+
+    storage = optuna.storages.RDBStorage(normalize_url(url))
+    try:
+        yield storage
+    finally:
+        storage.engine.dispose()

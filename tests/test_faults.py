@@ -30,6 +30,7 @@ import optuna
 import pytest
 import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
+from storage_fixtures import plain_storage
 
 from skiptune.cli import main as cli
 from skiptune.errors import SkiptuneError
@@ -58,8 +59,8 @@ def _plain(url: str) -> optuna.storages.RDBStorage:
 
 
 def _all_trials(url: str) -> dict[str, list[FrozenTrial]]:
-    storage = _plain(url)
-    return {s.study_name: storage.get_all_trials(s._study_id) for s in storage.get_all_studies()}
+    with plain_storage(url) as storage:
+        return {s.study_name: storage.get_all_trials(s._study_id) for s in storage.get_all_studies()}
 
 
 # ------------------------------------------------------------------------------ the stale sweep
@@ -422,7 +423,8 @@ def _wait_for(condition: Any, what: str, timeout: float = 300) -> None:
 
 
 def _state_of(url: str, trial: FrozenTrial) -> TrialState:
-    return _plain(url).get_trial(trial._trial_id).state
+    with plain_storage(url) as storage:
+        return storage.get_trial(trial._trial_id).state
 
 
 @pytest.mark.slow

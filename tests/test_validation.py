@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
+from storage_fixtures import plain_storage
 
 from skiptune.cli import main as cli
 from skiptune.errors import SkiptuneError
@@ -33,7 +34,7 @@ from skiptune.search.space import BASELINE_PARAMS
 from skiptune.search.study import find_studies
 from skiptune.search.validate import NO_GAIN, VALIDATED, ValidationSettings, compare, decide
 from skiptune.search.worker import run_worker
-from skiptune.storage import normalize_url, open_storage
+from skiptune.storage import open_storage
 
 if TYPE_CHECKING:
     from storage_fixtures import SearchAssets
@@ -267,13 +268,13 @@ def test_old_study_is_unvalidated_until_validate(
 
 
 def _jobs(url: str) -> list[FrozenTrial]:
-    storage = optuna.storages.RDBStorage(normalize_url(url))
-    return [
-        t
-        for s in storage.get_all_studies()
-        if "/validate" in s.study_name
-        for t in storage.get_all_trials(s._study_id)
-    ]
+    with plain_storage(url) as storage:
+        return [
+            t
+            for s in storage.get_all_studies()
+            if "/validate" in s.study_name
+            for t in storage.get_all_trials(s._study_id)
+        ]
 
 
 def _catch_in_job(victim: subprocess.Popen[bytes], url: str, timeout: float = 120) -> FrozenTrial:

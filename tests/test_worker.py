@@ -19,6 +19,7 @@ import optuna
 import pytest
 from optuna.distributions import BaseDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
+from storage_fixtures import plain_storage
 
 from skiptune.cli import main as cli
 from skiptune.errors import EvaluationError, SkiptuneError
@@ -29,7 +30,7 @@ from skiptune.search.space import BASELINE_PARAMS
 from skiptune.search.study import ROLE_ATTR, find_studies
 from skiptune.search.trial_run import WORKER_ATTR
 from skiptune.search.worker import run_worker, run_worker_processes
-from skiptune.storage import normalize_url, open_storage
+from skiptune.storage import open_storage
 
 if TYPE_CHECKING:
     from storage_fixtures import SearchAssets
@@ -55,8 +56,8 @@ def _create_studies(assets: SearchAssets, url: str) -> None:
 
 def _trials(url: str) -> dict[int, list[FrozenTrial]]:
     # A plain Optuna storage: its reads never wait for a write lock held by a stopped worker.
-    storage = optuna.storages.RDBStorage(normalize_url(url))
-    return {s.spec.nfe: storage.get_all_trials(s.study_id) for s in find_studies(storage, nfes=[2, 3])}
+    with plain_storage(url) as storage:
+        return {s.spec.nfe: storage.get_all_trials(s.study_id) for s in find_studies(storage, nfes=[2, 3])}
 
 
 def _pid_of(trial: FrozenTrial) -> str:
