@@ -188,11 +188,16 @@ def _run_unit(
     held: Held,
 ) -> TrialOutcome | None:
     study = loop.study(unit)
-    run = dict(worker_id=worker_id, stop=stop, precision=precision, guard=loop.guard, held=held)
     if unit.kind == "validate":
         assert unit.settings is not None
-        return run_validation_job(study, unit.settings, objective, **run)  # type: ignore[arg-type]
-    return run_one_trial(study, loop.storage, unit.spec, objective, **run)  # type: ignore[arg-type]
+        return run_validation_job(
+            study, unit.settings, objective,
+            worker_id=worker_id, stop=stop, precision=precision, guard=loop.guard, held=held,
+        )  # fmt: skip
+    return run_one_trial(
+        study, loop.storage, unit.spec, objective,
+        worker_id=worker_id, stop=stop, precision=precision, guard=loop.guard, held=held,
+    )  # fmt: skip
 
 
 def _select_studies(
