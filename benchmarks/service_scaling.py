@@ -10,11 +10,14 @@ rung but the last, so nothing is pruned and every trial lasts the full duration)
 
 Timing starts when every worker has loaded the model and is about to claim its first trial; it ends at
 the last trial's completion (``datetime_complete``). The ideal is N x 3600 / duration trials per hour;
-each worker runs about ``--rounds`` trials.
+each worker runs about ``--rounds`` trials. The steady-state rate leaves out the first and the last N
+completions (all workers asking at once at the start, idle workers at the end of the work): it is the
+rate a long-running fleet keeps up.
 
 Database time is measured inside every worker process around the storage calls: every method of
-Optuna's ``RDBStorage`` is wrapped (the outermost call per thread counts, so nested calls are not
-counted twice; calls answered by Optuna's in-process cache never reach it). It includes SQLAlchemy and
+Optuna's ``RDBStorage`` is wrapped, and skiptune's one read of all a loop's studies
+(``records.read_many``) (the outermost call per thread counts, so nested calls are not counted twice;
+calls answered by Optuna's in-process cache never reach it). It includes SQLAlchemy and
 Optuna's own Python work per call, not only the time the server takes; the SQL-only share (SQLAlchemy
 ``before/after_cursor_execute``) is reported next to it. ``db_ms_per_trial`` is the worker loop's
 (main thread's) storage time divided by the trials it evaluated; heartbeat threads are reported apart.
@@ -30,6 +33,7 @@ error, no "database is locked" in the workers' logs.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import datetime as dt
 import functools
 import inspect
@@ -53,7 +57,12 @@ from typing import Any
 DEFAULT_STORAGE = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 LOG_ERRORS = re.compile(r"database is locked|OperationalError|Traceback|StorageInternalError")
 CONNECTION_MARGIN = 20  # connections of the shared server a run leaves to others
-_NOT_DB = {"get_heartbeat_interval", "get_failed_trial_callback", "get_heartbeat_stale_trial_callback"}
+_NOT_DB = {
+    "get_heartbeat_interval",
+    "get_failed_trial_callback",
+    "get_heartbeat_stale_trial_callback",
+    "_build_frozen_trial_from_trial_model",  # decodes rows already read, called inside reads
+}
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,7 @@ class RunConfig:
     start_method: str
     timeout: float
     workdir: str
+    profile: str | None = None  # a folder: each worker's cProfile stats from the common start
 
 
 # ------------------------------------------------------------------ inside a worker process
@@ -128,10 +138,13 @@ class DbClock:
             plain = not isinstance(inspect.getattr_static(RDBStorage, name), (staticmethod, classmethod))
             if plain and not name.startswith("__") and name not in _NOT_DB:
                 setattr(RDBStorage, name, self._timed(fn))
+        from skiptune.search.records import _TrialCache  # the loop's one read of all its studies
+
+        _TrialCache.refresh = self._timed(_TrialCache.refresh, "read_many")  # type: ignore[method-assign]
         sqlalchemy.event.listen(Engine, "before_cursor_execute", self._before)
         sqlalchemy.event.listen(Engine, "after_cursor_execute", self._after)
 
-    def _timed(self, fn: Any) -> Any:
+    def _timed(self, fn: Any, name: str | None = None) -> Any:
         @functools.wraps(fn)
         def timed(*args: Any, **kwargs: Any) -> Any:
             depth = getattr(self._local, "depth", 0)
@@ -145,8 +158,8 @@ class DbClock:
                     elapsed = time.perf_counter() - start
                     self._add(self.storage_s, self.storage_calls, elapsed)
                     if self._kind() == "loop":
-                        self.by_method_s[fn.__name__] += elapsed
-                        self.by_method_calls[fn.__name__] += 1
+                        self.by_method_s[name or fn.__name__] += elapsed
+                        self.by_method_calls[name or fn.__name__] += 1
 
         return timed
 
@@ -197,7 +210,11 @@ def _worker_main(index: int, url: str, config: RunConfig, ready: Any, go: Any, r
             ready.put({"index": index, **_memory_mib()})
             go.wait(timeout=config.timeout)
             started["cpu"] = time.process_time()
+            if profiler is not None:
+                profiler.enable()
         return StandIn(spec, config.duration)
+
+    profiler = cProfile.Profile(time.process_time) if config.profile else None  # CPU, not waits
 
     result: dict[str, Any] = {"index": index, "pid": os.getpid()}
     try:
@@ -211,6 +228,9 @@ def _worker_main(index: int, url: str, config: RunConfig, ready: Any, go: Any, r
     # CPU seconds of this process (all threads) from the common start to its exit: the worker's own
     # coordination work, whatever else loads the machine
     result["cpu_s"] = time.process_time() - started["cpu"] if started else 0.0
+    if profiler is not None and config.profile:
+        profiler.disable()
+        profiler.dump_stats(Path(config.profile) / f"n{config.workers}_worker{index}.prof")
     result.update(clock.to_dict(), exit_time=time.time(), **_memory_mib())
     results.put(result)
 
@@ -330,6 +350,10 @@ class RunResult:
     trials_per_hour: float | None = None
     ideal_per_hour: float = 0.0
     efficiency: float | None = None
+    # the same without the first and the last N completions (start-up burst and end of work): the
+    # rate a long-running fleet keeps up
+    steady_trials_per_hour: float | None = None
+    steady_efficiency: float | None = None
     db_ms_per_trial: float | None = None
     db_calls_per_trial: float | None = None
     sql_ms_per_trial: float | None = None
@@ -516,6 +540,10 @@ def _throughput(result: RunResult, evaluated: list[Any], ends: list[dt.datetime]
     result.window_s = round(last - go, 3)
     result.trials_per_hour = round(len(evaluated) * 3600 / (last - go), 1)
     result.efficiency = round(result.trials_per_hour / result.ideal_per_hour, 3)
+    times, n = sorted(e.timestamp() for e in ends), config.workers
+    if len(times) > 2 * n and times[-n - 1] > times[n - 1]:
+        result.steady_trials_per_hour = round((len(times) - 2 * n) * 3600 / (times[-n - 1] - times[n - 1]), 1)
+        result.steady_efficiency = round(result.steady_trials_per_hour / result.ideal_per_hour, 3)
     result.db_ms_per_trial = round(1000 * loop_s / len(evaluated), 1)
     result.db_calls_per_trial = round(loop_calls / len(evaluated), 1)
     result.sql_ms_per_trial = round(1000 * sql_s / len(evaluated), 1)
@@ -580,7 +608,8 @@ def _print(r: RunResult) -> None:
         return
     print(
         f"{r.backend:10s} N={r.workers:3d} d={r.duration_s:5.2f}s  {r.evaluated:4d} trials  "
-        f"{r.trials_per_hour or 0:9.0f}/h of {r.ideal_per_hour:9.0f}/h  eff {r.efficiency or 0:5.3f}  "
+        f"{r.trials_per_hour or 0:9.0f}/h of {r.ideal_per_hour:9.0f}/h  eff {r.efficiency or 0:5.3f} "
+        f"(steady {r.steady_efficiency})  "
         f"db {r.db_ms_per_trial} ms/trial ({r.db_calls_per_trial} calls; sql {r.sql_ms_per_trial} ms, "
         f"{r.sql_statements_per_trial} statements)  "
         f"cpu {r.worker_cpu_ms_per_trial} + server {r.server_cpu_ms_per_trial} ms/trial  "
@@ -610,6 +639,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for workers to start")
     p.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
+    p.add_argument(
+        "--profile", type=Path, default=None, help="write each worker's cProfile stats (from the start) here"
+    )
     return p.parse_args(argv)
 
 
@@ -619,6 +651,8 @@ def main(argv: list[str] | None = None) -> int:
     workers = [int(x) for x in args.workers.split(",")]
     durations = [float(x) for x in args.duration.split(",")]
     _preload()
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     runs: list[RunResult] = []
     pss: float | None = None
     per_worker = 2.0  # connections per worker until measured
@@ -629,6 +663,7 @@ def main(argv: list[str] | None = None) -> int:
                 config = RunConfig(
                     args.storage, n, duration, trials, args.studies, args.heartbeat, args.grace,
                     args.start_method, args.timeout, workdir,
+                    str(args.profile) if args.profile else None,
                 )  # fmt: skip
                 reason = _memory_guard(n, pss, args.max_memory_gib) or _connection_guard(
                     args.storage, n, per_worker

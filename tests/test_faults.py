@@ -386,7 +386,8 @@ RIDE_OUT = ("--db-timeout", "120")  # fleet workers ride out the outage
 
 
 def _catch(victims: list[subprocess.Popen[bytes]], url: str, timeout: float = 300) -> list[FrozenTrial]:
-    """SIGSTOP the workers until each is caught holding a RUNNING trial (search or job); they stay frozen."""
+    """SIGSTOP the workers until each is caught inside the evaluation of a RUNNING trial (search or job:
+    params drawn, so there is something to re-run); they stay frozen."""
     storage, caught = _plain(url), {}
     deadline = time.monotonic() + timeout
     while len(caught) < len(victims):
@@ -401,7 +402,10 @@ def _catch(victims: list[subprocess.Popen[bytes]], url: str, timeout: float = 30
         ]  # fmt: skip
         for v in loose:
             mine = [
-                t for t in running if str(t.user_attrs.get(rec.WORKER_ATTR, "::")).split(":")[1] == str(v.pid)
+                t
+                for t in running
+                if str(t.user_attrs.get(rec.WORKER_ATTR, "::")).split(":")[1] == str(v.pid)
+                and len(rec.fixed_params(t)) == 2
             ]
             if mine:
                 caught[v.pid] = mine[0]

@@ -1,4 +1,5 @@
-"""The worker loop's cheaper reads stay exact: cached finished trials, rate-limited stale sweeps."""
+"""The worker loop's cheaper reads stay exact: cached finished trials, one read of many studies, ask
+without a queue read, TPE over a known space, rate-limited stale sweeps."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from skiptune.search.records import fresh_trials
+from skiptune.search.algorithms import build_sampler
+from skiptune.search.records import ask, fresh_trials, read_many
+from skiptune.search.space import SearchSpace
 from skiptune.search.stale import StaleSweep
 from skiptune.storage import open_storage
 
@@ -51,3 +54,59 @@ def test_stale_sweep_runs_once_per_interval_per_study(tmp_path: Path) -> None:
     assert a.trials[0].state == TrialState.RUNNING
     eager.sweep(a)
     assert a.trials[0].state == TrialState.FAIL
+
+
+def _summary(trials: list[optuna.trial.FrozenTrial]) -> list[tuple[object, ...]]:
+    return [(t.number, t.state, t.value, t.params, t.user_attrs, t.intermediate_values) for t in trials]
+
+
+def test_read_many_equals_fresh_trials_of_each_study(storage_url: str) -> None:
+    mine, other = open_storage(storage_url), open_storage(storage_url)  # two workers' engines
+    studies = [optuna.create_study(study_name=f"s{i}", storage=other) for i in range(3)]
+    sids = [s._study_id for s in studies]
+    running = [s.ask() for s in studies]
+    studies[0].tell(studies[0].ask(), 1.0)
+    assert {sid: _summary(t) for sid, t in read_many(mine, sids).items()} == {
+        sid: _summary(fresh_trials(other, sid)) for sid in sids
+    }
+    # elsewhere: one unfinished trial finishes, another reports, new trials appear in two studies
+    running[0].suggest_float("x", 0.0, 1.0)
+    studies[0].tell(running[0], 0.5)
+    running[1].report(3.0, step=2)
+    running[1].set_user_attr("k", "v")
+    studies[2].enqueue_trial({"x": 0.25})
+    studies[1].tell(studies[1].ask(), state=TrialState.PRUNED)
+    many = read_many(mine, sids)
+    assert {sid: _summary(t) for sid, t in many.items()} == {
+        sid: _summary(fresh_trials(other, sid)) for sid in sids
+    }
+    assert [t.state for t in many[sids[0]]] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert many[sids[1]][0].intermediate_values == {2: 3.0} and many[sids[1]][0].user_attrs == {"k": "v"}
+    assert read_many(mine, sids[1:2]) == {sids[1]: many[sids[1]]}  # a subset, nothing new: the same trials
+
+
+def test_ask_takes_a_waiting_trial_only_when_told_one_is_there(storage_url: str) -> None:
+    study = optuna.create_study(study_name="s", storage=open_storage(storage_url))
+    study.enqueue_trial({"x": 0.25})
+    new = ask(study, waiting=False)  # the caller's read showed none: a new trial, the queue untouched
+    assert new.number == 1 and study.trials[0].state == TrialState.WAITING
+    taken = ask(study, waiting=True)
+    assert taken.number == 0 and taken.suggest_float("x", 0.0, 1.0) == 0.25
+    assert ask(study, waiting=True).number == 2  # expected one, none left: a new trial
+    assert [t.state for t in study.trials] == [TrialState.RUNNING] * 3
+
+
+def test_known_space_tpe_proposes_what_optunas_inferred_space_does() -> None:
+    space = SearchSpace(rho_bottom=(0.2, 1.2), rho_top=(0.5, 1.0))
+    proposals = []
+    for sampler in (
+        build_sampler("tpe", space=space, n_trials=12, seed=3),
+        optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=3, n_startup_trials=4),
+    ):
+        study = optuna.create_study(sampler=sampler)
+        for _ in range(12):
+            trial = study.ask()
+            schedule = space.suggest(trial)
+            study.tell(trial, (schedule.rho_bottom - 0.7) ** 2 + (schedule.rho_top - 0.8) ** 2)
+        proposals.append([t.params for t in study.trials])
+    assert proposals[0] == proposals[1]

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import optuna
+from optuna.distributions import BaseDistribution
 
 from skiptune.registry import Registry
 from skiptune.search.space import SearchSpace
@@ -27,11 +29,28 @@ def _startup_trials(n_trials: int) -> int:
     return max(2, min(10, n_trials // 3))
 
 
+class _KnownSpaceTPE(optuna.samplers.TPESampler):
+    """Multivariate TPE over a space known in advance.
+
+    Every trial of a skiptune study (or grow phase) suggests the same distributions, its priors
+    included, so the space Optuna would infer (the intersection over all completed trials: a read of
+    the whole study at every ask) is this one; before the first completed trial TPE samples at random
+    either way (startup trials).
+    """
+
+    def __init__(self, space: SearchSpace, **kwargs: Any) -> None:
+        super().__init__(multivariate=True, **kwargs)
+        self._known = {n: d for n, d in space.distributions().items() if not d.single()}
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return dict(self._known)
+
+
 @SEARCH_ALGORITHMS.decorator("tpe")
 def _tpe(space: SearchSpace, n_trials: int, seed: int) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.TPESampler(
-        multivariate=True, constant_liar=True, seed=seed, n_startup_trials=_startup_trials(n_trials)
-    )
+    return _KnownSpaceTPE(space, constant_liar=True, seed=seed, n_startup_trials=_startup_trials(n_trials))
 
 
 @SEARCH_ALGORITHMS.decorator("gp")

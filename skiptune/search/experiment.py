@@ -164,17 +164,21 @@ def load_experiment(
     storage: optuna.storages.BaseStorage,
     main: StoredStudy,
     studies: list[FrozenStudy] | None = None,
+    trials: Mapping[int, list[FrozenTrial]] | None = None,
 ) -> Experiment:
     """The experiment of ``main`` as the database holds it now (``studies``: one listing shared by
-    several experiments, read just before)."""
+    several experiments, read just before; ``trials``: their trials by study id, read just before,
+    see ``companion_ids`` and ``records.read_many``)."""
+
+    def read(sid: int) -> list[FrozenTrial]:
+        return trials[sid] if trials is not None and sid in trials else rec.fresh_trials(storage, sid)
+
     listed = [f.user_attrs for f in studies or () if f._study_id == main.study_id]
     attrs = listed[0] if listed else storage.get_study_user_attrs(main.study_id)  # the listing has them
     raw = attrs.get(rec.VALIDATION_ATTR)
     settings = ValidationSettings.from_dict(raw) if isinstance(raw, dict) else None
     budget = int(attrs.get(rec.BUDGET_ATTR, main.spec.n_trials))
-    phases = [
-        Phase(main.name, main.study_id, 0, main.spec.space, budget, rec.fresh_trials(storage, main.study_id))
-    ]
+    phases = [Phase(main.name, main.study_id, 0, main.spec.space, budget, read(main.study_id))]
     rounds: list[Round] = []
     unready: list[tuple[str, int]] = []
     for frozen in storage.get_all_studies() if studies is None else studies:
@@ -186,16 +190,18 @@ def load_experiment(
             unready.append((frozen.study_name, sid))
         elif kind == rec.GROW:
             space = SearchSpace.from_dict(cattrs[rec.SPACE_ATTR])
-            trials = rec.fresh_trials(storage, sid)
             phases.append(Phase(frozen.study_name, sid, int(cattrs[rec.PHASE_ATTR]), space,
-                                int(cattrs[rec.PHASE_BUDGET_ATTR]), trials))  # fmt: skip
+                                int(cattrs[rec.PHASE_BUDGET_ATTR]), read(sid)))  # fmt: skip
         else:
-            rounds.append(
-                Round(frozen.study_name, sid, int(cattrs[rec.PHASE_ATTR]), rec.fresh_trials(storage, sid))
-            )
+            rounds.append(Round(frozen.study_name, sid, int(cattrs[rec.PHASE_ATTR]), read(sid)))
     phases.sort(key=lambda p: p.index)
     rounds.sort(key=lambda r: r.index)
     return Experiment(main, settings, phases, rounds, unready)
+
+
+def companion_ids(main: StoredStudy, studies: list[FrozenStudy]) -> list[int]:
+    """The ids of the studies in ``studies`` whose trials ``load_experiment`` reads for ``main``."""
+    return [main.study_id, *(f._study_id for f in studies if f.study_name.startswith(main.name + "/"))]
 
 
 # ------------------------------------------------------------------------------------------ transitions

@@ -86,11 +86,10 @@ def rerun_stale(study: optuna.Study, original: FrozenTrial, *, grace: float) -> 
 def take(study: optuna.Study, trial: optuna.Trial) -> bool:
     """Whether the just-taken ``trial`` is to be evaluated: True for an ordinary trial or the winning
     copy; a redundant copy is failed as ``superseded`` here."""
-    storage = rec.study_storage(study)
-    frozen = storage.get_trial(rec.trial_id(trial))
-    of = frozen.user_attrs.get(rec.RERUN_OF_ATTR)
+    of = trial.user_attrs.get(rec.RERUN_OF_ATTR)  # as read when taken; a copy is born with it
     if of is None:
         return True
+    storage = rec.study_storage(study)
     sid = rec.study_id(study)
     original = rec.trial_by_number(storage, sid, int(of))
     if original.state == TrialState.RUNNING:  # the copier has not failed it yet (or died before)

@@ -27,6 +27,7 @@ from typing import Any
 import optuna
 import sqlalchemy
 import sqlalchemy.exc
+import sqlalchemy.orm
 from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
@@ -116,6 +117,85 @@ def _reader(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage
         return reader
 
 
+def read_many(storage: optuna.storages.BaseStorage, sids: list[int]) -> dict[int, list[FrozenTrial]]:
+    """``{sid: fresh_trials(storage, sid)}`` for many studies at once: on an RDB storage one query
+    (and one load per trial table) reads the unfinished and new trials of all of them, where
+    ``fresh_trials`` costs seven statements per study. The worker's loop reads every study it serves
+    at each turn, so this is most of its reading (benchmarks/service_scaling.py)."""
+    backend = _rdb(storage)
+    cache = _many_readers.get(backend) if backend is not None else None
+    if backend is not None and cache is None:
+        with _readers_lock:
+            cache = _many_readers.setdefault(backend, _TrialCache(backend))
+    if cache is None or not cache.usable:
+        return {sid: fresh_trials(storage, sid) for sid in sids}
+    return cache.refresh(sids)
+
+
+class _TrialCache:
+    """The trials of many studies by study: finished ones read once (Optuna never changes them again),
+    unfinished ones read again at each refresh, as in Optuna's ``_CachedStorage``."""
+
+    _RELATIONS = ("params", "values", "user_attributes", "system_attributes", "intermediate_values")
+
+    def __init__(self, backend: optuna.storages.RDBStorage) -> None:
+        self._backend = backend
+        self._lock = threading.Lock()
+        self._trials: dict[int, dict[int, FrozenTrial]] = {}  # study id -> trial id -> trial
+        self._unfinished: dict[int, set[int]] = {}
+        self._last_finished: dict[int, int] = {}
+        self.usable = hasattr(backend, "_build_frozen_trial_from_trial_model")  # an Optuna private
+
+    def refresh(self, sids: list[int]) -> dict[int, list[FrozenTrial]]:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        trial = models.TrialModel
+        with self._lock:
+            wanted = []
+            for sid in sids:
+                self._trials.setdefault(sid, {})
+                newer = trial.trial_id > self._last_finished.setdefault(sid, -1)
+                unfinished = self._unfinished.setdefault(sid, set())
+                read = sqlalchemy.or_(newer, trial.trial_id.in_(unfinished)) if unfinished else newer
+                wanted.append(sqlalchemy.and_(trial.study_id == sid, read))
+            loads = [sqlalchemy.orm.selectinload(getattr(trial, r)) for r in self._RELATIONS]
+            with _create_scoped_session(self._backend.scoped_session) as session:
+                rows = session.query(trial).options(*loads).filter(sqlalchemy.or_(*wanted)).all()
+                build = self._backend._build_frozen_trial_from_trial_model
+                read_now = [(int(m.study_id), build(m)) for m in rows]
+            for owner, frozen in read_now:
+                self._keep(owner, frozen)
+            return {sid: sorted(self._trials[sid].values(), key=lambda t: t.number) for sid in sids}
+
+    def _keep(self, sid: int, frozen: FrozenTrial) -> None:
+        tid = frozen._trial_id
+        self._trials.setdefault(sid, {})[tid] = frozen
+        if frozen.state.is_finished():
+            self._unfinished[sid].discard(tid)
+            self._last_finished[sid] = max(self._last_finished[sid], tid)
+        else:
+            self._unfinished[sid].add(tid)
+
+
+_many_readers: weakref.WeakKeyDictionary[optuna.storages.RDBStorage, _TrialCache]
+_many_readers = weakref.WeakKeyDictionary()
+
+
+def ask(study: optuna.Study, *, waiting: bool) -> optuna.Trial:
+    """``study.ask()``: take a WAITING trial if there is one, else create a new one.
+
+    ``waiting``: whether the caller's read of the study, a moment ago, showed a WAITING trial. Optuna's
+    ``ask`` reads every unfinished trial to look for one (seven statements); without one to expect,
+    this creates the trial straight away. A trial enqueued in that moment is taken by a later ask.
+    """
+    trial = pop_waiting(study) if waiting else None
+    if trial is None:
+        study._thread_local.cached_all_trials = None  # what ``ask`` does: samplers read afresh
+        trial = optuna.Trial(study, study_storage(study).create_new_trial(study_id(study)))
+    return trial
+
+
 def pop_waiting(study: optuna.Study) -> optuna.Trial | None:
     """Take one WAITING trial of ``study`` (RUNNING from now on), or None if there is none.
 
@@ -125,8 +205,10 @@ def pop_waiting(study: optuna.Study) -> optuna.Trial | None:
     """
     storage = study_storage(study)
     for frozen in storage.get_all_trials(study_id(study), deepcopy=False, states=(TrialState.WAITING,)):
-        if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
-            return optuna.Trial(study, frozen._trial_id)
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # ended meanwhile
+            if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                study._thread_local.cached_all_trials = None
+                return optuna.Trial(study, frozen._trial_id)
     return None
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,6 +25,7 @@ from skiptune.search.records import (
     PRECISION_ATTR,
     ROLE_ATTR,
     WORKER_ATTR,
+    ask,
     study_id,
     study_storage,
     trial_id,
@@ -73,12 +73,14 @@ def run_one_trial(
     precision: str = "fp32",
     guard: StorageGuard | None = None,
     held: lineage.Held | None = None,
+    waiting: bool = True,
 ) -> TrialOutcome:
     """Take or create a trial and run it. A trial that someone else ended meanwhile (this worker was
-    paused past the grace period, or cut off from the database) is dropped, not overwritten."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "heartbeat is supposed to be used with optimize"
-        trial = study.ask()  # pops an enqueued (WAITING) trial first, as Optuna does
+    paused past the grace period, or cut off from the database) is dropped, not overwritten.
+
+    ``waiting``: whether the study had an enqueued (WAITING) trial a moment ago; it is taken first.
+    """
+    trial = ask(study, waiting=waiting)
     return run_held(
         study, trial, lambda: _claimed(study, storage, spec, objective, trial, worker_id, stop, precision),
         guard=guard, held=held,

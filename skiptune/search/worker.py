@@ -33,12 +33,12 @@ from skiptune.devices import resolve_device
 from skiptune.errors import SkiptuneError
 from skiptune.search.algorithms import build_sampler
 from skiptune.search.budget import fresh_trials, used_budget
-from skiptune.search.experiment import Experiment, advance, load_experiment
+from skiptune.search.experiment import Experiment, advance, companion_ids, load_experiment
 from skiptune.search.heartbeat import heartbeat_interval
 from skiptune.search.lineage import MAX_RETRIES, Held
 from skiptune.search.precision import check_precision
 from skiptune.search.pruning import RungPruner
-from skiptune.search.records import reset_session
+from skiptune.search.records import read_many, reset_session
 from skiptune.search.resilience import DEFAULT_DB_TIMEOUT_S, StorageGuard, first_line
 from skiptune.search.stale import StaleSweep
 from skiptune.search.stopping import StopSignal
@@ -197,6 +197,7 @@ def _run_unit(
     return run_one_trial(
         study, loop.storage, unit.spec, objective,
         worker_id=worker_id, stop=stop, precision=precision, guard=loop.guard, held=held,
+        waiting=unit.waiting,
     )  # fmt: skip
 
 
@@ -250,6 +251,7 @@ class Unit:
     study_name: str  # the Optuna study the trial lives in (main, grow phase or round)
     spec: StudySpec  # for search: the phase's space and budget
     settings: ValidationSettings | None = None
+    waiting: bool = True  # the study held a WAITING trial when chosen (a re-run copy to take first)
 
 
 class _Loop:
@@ -303,6 +305,7 @@ class _Loop:
             trials = fresh_trials(self.storage, phase.study_id) if failed else phase.trials
             used = used_budget(trials)
             waiting = any(t.state == TrialState.WAITING for t in trials)
+            unit = replace(unit, waiting=waiting)
             running += sum(t.state == TrialState.RUNNING for t in trials)
             if used < phase.budget or waiting:
                 search.append((used / phase.budget, unit))
@@ -323,8 +326,9 @@ class _Loop:
             validate: list[Unit] = []
             running = 0
             listing = self.storage.get_all_studies()
+            trials = read_many(self.storage, [i for s in self.studies for i in companion_ids(s, listing)])
             for s in self.studies:
-                exp = load_experiment(self.storage, s, listing)
+                exp = load_experiment(self.storage, s, listing, trials)
                 if advance(self.storage, exp, grace=self.grace):
                     exp = load_experiment(self.storage, s)
                 units = self._units(exp)
