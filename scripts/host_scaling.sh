@@ -18,7 +18,7 @@ OUTDIR=$(realpath "$OUTDIR")
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 PY=${PYTHON:-python3}
 PORT=${PORT:-54329}
-{ nproc; grep -m1 "model name" /proc/cpuinfo || true; grep MemTotal /proc/meminfo; uname -r; } > "$OUTDIR/host.txt"
+{ nproc --all; grep -m1 "model name" /proc/cpuinfo || true; grep MemTotal /proc/meminfo; uname -r; } > "$OUTDIR/host.txt"
 
 PG_BIN=${PG_BIN:-}
 wheel=$(ls .pg/pgserver-*.whl 2>/dev/null | head -1 || true)
