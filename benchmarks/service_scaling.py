@@ -41,6 +41,7 @@ import json
 import math
 import multiprocessing
 import os
+import random
 import re
 import subprocess
 import sys
@@ -78,25 +79,30 @@ class RunConfig:
     timeout: float
     workdir: str
     profile: str | None = None  # a folder: each worker's cProfile stats from the common start
+    jitter: float = 0.0  # each trial lasts duration x U(1 - jitter, 1 + jitter): the mean stays duration
 
 
 # ------------------------------------------------------------------ inside a worker process
 
 
 class StandIn:
-    """The evaluation, replaced: ``duration`` seconds of sleep, split over the study's rungs."""
+    """The evaluation, replaced: ``duration`` seconds of sleep (times a random factor around 1 with
+    ``jitter``), split over the study's rungs."""
 
-    def __init__(self, spec: Any, duration: float) -> None:
+    def __init__(self, spec: Any, duration: float, jitter: float = 0.0) -> None:
         self._spec = spec
         self._duration = duration
+        self._jitter = jitter
+        self._rng = random.Random(os.getpid())
 
     def identity(self) -> dict[str, Any]:
         return dict(self._spec.objective_identity())  # the study's own: the worker's check passes
 
     def evaluate(self, schedule: Any) -> Iterator[tuple[int, float]]:
         rungs = list(self._spec.objective.rungs)
+        duration = self._duration * self._rng.uniform(1 - self._jitter, 1 + self._jitter)
         for i, n in enumerate(rungs):
-            time.sleep(self._duration / len(rungs))
+            time.sleep(duration / len(rungs))
             last = i == len(rungs) - 1  # earlier rungs tie: the pruner keeps ties, so nothing is pruned
             yield n, 1.0 + (schedule.rho_bottom - 0.7) ** 2 + (schedule.rho_top - 0.9) ** 2 if last else 1.0
 
@@ -212,7 +218,7 @@ def _worker_main(index: int, url: str, config: RunConfig, ready: Any, go: Any, r
             started["cpu"] = time.process_time()
             if profiler is not None:
                 profiler.enable()
-        return StandIn(spec, config.duration)
+        return StandIn(spec, config.duration, config.jitter)
 
     profiler = cProfile.Profile(time.process_time) if config.profile else None  # CPU, not waits
 
@@ -345,6 +351,7 @@ class RunResult:
     duration_s: float
     studies: int
     trials_per_study: int
+    jitter: float = 0.0
     evaluated: int = 0
     window_s: float | None = None
     trials_per_hour: float | None = None
@@ -395,7 +402,9 @@ class RunResult:
 
 def run_once(config: RunConfig) -> RunResult:
     backend = "sqlite" if config.storage == "sqlite" else "postgresql"
-    result = RunResult(backend, config.workers, config.duration, config.studies, config.trials_per_study)
+    result = RunResult(
+        backend, config.workers, config.duration, config.studies, config.trials_per_study, config.jitter
+    )
     result.load_avg_before = os.getloadavg()[0]
     db = Database(config.storage, Path(config.workdir))
     try:
@@ -640,6 +649,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for workers to start")
     p.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
     p.add_argument(
+        "--jitter", type=float, default=0.0, help="trial length varies by +-this fraction (default: 0, fixed)"
+    )
+    p.add_argument(
         "--profile", type=Path, default=None, help="write each worker's cProfile stats (from the start) here"
     )
     return p.parse_args(argv)
@@ -663,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
                 config = RunConfig(
                     args.storage, n, duration, trials, args.studies, args.heartbeat, args.grace,
                     args.start_method, args.timeout, workdir,
-                    str(args.profile) if args.profile else None,
+                    str(args.profile) if args.profile else None, args.jitter,
                 )  # fmt: skip
                 reason = _memory_guard(n, pss, args.max_memory_gib) or _connection_guard(
                     args.storage, n, per_worker

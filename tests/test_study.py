@@ -12,7 +12,14 @@ from optuna.trial import TrialState, create_trial
 
 from skiptune.errors import SkiptuneError
 from skiptune.objectives.spec import ObjectiveSpec
-from skiptune.search.budget import EVALUATION_FAILED, FAIL_ATTR, OVER_BUDGET, RELEASED, within_budget
+from skiptune.search.budget import (
+    EVALUATION_FAILED,
+    FAIL_ATTR,
+    OVER_BUDGET,
+    RELEASED,
+    fresh_trials,
+    within_budget,
+)
 from skiptune.search.pruning import RungPruner
 from skiptune.search.space import SearchSpace
 from skiptune.search.study import ROLE_ATTR, StudySpec, create_studies, find_studies
@@ -150,10 +157,10 @@ def test_budget_counts_the_right_trials(storage_url: str) -> None:
     assert running.number == 12
     counted = sum(c for _, _, c in chosen)
     assert 0 < counted < 12
-    assert within_budget(storage, study._study_id, running.number, counted + 1)
-    assert not within_budget(storage, study._study_id, running.number, counted)
+    assert within_budget(fresh_trials(storage, study._study_id), running.number, counted + 1)
+    assert not within_budget(fresh_trials(storage, study._study_id), running.number, counted)
     # Only trials ahead (smaller numbers) matter: the first trial always fits a budget of 1.
-    assert within_budget(storage, study._study_id, 0, 1)
+    assert within_budget(fresh_trials(storage, study._study_id), 0, 1)
 
 
 def test_rung_pruner_compares_values_at_the_same_rung_only() -> None:

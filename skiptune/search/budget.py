@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from skiptune.search.lineage import place
@@ -63,11 +62,9 @@ def used_budget(trials: list[FrozenTrial]) -> int:
     return len({place(t) for t in trials if counts_against_budget(t)})
 
 
-def within_budget(
-    storage: optuna.storages.BaseStorage, study_id: int, trial_number: int, budget: int
-) -> bool:
-    """Whether the trial numbered ``trial_number`` (already created) holds one of the budget's slots."""
-    trials = fresh_trials(storage, study_id)
+def within_budget(trials: list[FrozenTrial], trial_number: int, budget: int) -> bool:
+    """Whether the trial numbered ``trial_number`` holds one of the budget's slots; ``trials``: the
+    study's trials read after that trial was created (``records.ask_time_trials``)."""
     mine = place(next(t for t in trials if t.number == trial_number))
     ahead = {place(t) for t in trials if counts_against_budget(t) and place(t) < mine}
     return len(ahead) < budget

@@ -196,6 +196,13 @@ def ask(study: optuna.Study, *, waiting: bool) -> optuna.Trial:
     return trial
 
 
+def ask_time_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The study's trials, read at the first call after ``ask`` and kept for the rest of the trial's
+    suggestions: Optuna's samplers read the study once per trial through this cache (TPE's
+    ``use_cache``), so the budget check right after ``ask`` and TPE share one read."""
+    return study._get_trials(deepcopy=False, use_cache=True)
+
+
 def pop_waiting(study: optuna.Study) -> optuna.Trial | None:
     """Take one WAITING trial of ``study`` (RUNNING from now on), or None if there is none.
 

@@ -26,7 +26,7 @@ from skiptune.search.records import (
     ROLE_ATTR,
     WORKER_ATTR,
     ask,
-    study_id,
+    ask_time_trials,
     study_storage,
     trial_id,
 )
@@ -64,7 +64,6 @@ class TrialOutcome:
 
 def run_one_trial(
     study: optuna.Study,
-    storage: optuna.storages.BaseStorage,
     spec: StudySpec,
     objective: Objective,
     *,
@@ -82,7 +81,7 @@ def run_one_trial(
     """
     trial = ask(study, waiting=waiting)
     return run_held(
-        study, trial, lambda: _claimed(study, storage, spec, objective, trial, worker_id, stop, precision),
+        study, trial, lambda: _claimed(study, spec, objective, trial, worker_id, stop, precision),
         guard=guard, held=held,
     )  # fmt: skip
 
@@ -110,7 +109,6 @@ def run_held(
 
 def _claimed(
     study: optuna.Study,
-    storage: optuna.storages.BaseStorage,
     spec: StudySpec,
     objective: Objective,
     trial: optuna.Trial,
@@ -120,7 +118,7 @@ def _claimed(
 ) -> TrialOutcome:
     if not lineage.take(study, trial):
         return TrialOutcome(trial.number, "superseded")
-    if not within_budget(storage, study_id(study), trial.number, spec.n_trials):
+    if not within_budget(ask_time_trials(study), trial.number, spec.n_trials):
         fail_trial(study, trial, OVER_BUDGET, "the study's budget was claimed by other workers first")
         return TrialOutcome(trial.number, "over_budget")
     trial.set_user_attr(PRECISION_ATTR, precision)  # first: a trial with a worker has its precision

@@ -195,7 +195,7 @@ def _run_unit(
             worker_id=worker_id, stop=stop, precision=precision, guard=loop.guard, held=held,
         )  # fmt: skip
     return run_one_trial(
-        study, loop.storage, unit.spec, objective,
+        study, unit.spec, objective,
         worker_id=worker_id, stop=stop, precision=precision, guard=loop.guard, held=held,
         waiting=unit.waiting,
     )  # fmt: skip
