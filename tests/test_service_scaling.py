@@ -20,13 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKERS, STUDIES, ROUNDS = 2, 2, 3
 
 
-def _run_benchmark(storage: str, tmp_path: Path) -> dict:  # type: ignore[type-arg]
+def _run_benchmark(storage: str, tmp_path: Path, *extra: str) -> dict:  # type: ignore[type-arg]
     out = tmp_path / "scaling.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [
         sys.executable, str(ROOT / "benchmarks" / "service_scaling.py"), "--storage", storage,
         "--workers", str(WORKERS), "--duration", "0.2", "--studies", str(STUDIES), "--rounds", str(ROUNDS),
-        "--heartbeat", "2", "--grace", "10", "--timeout", "120", "--out", str(out),
+        "--heartbeat", "2", "--grace", "10", "--timeout", "120", "--out", str(out), *extra,
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -41,11 +41,14 @@ def _check(result: dict, backend: str) -> None:  # type: ignore[type-arg]
     assert run["duplicates"] == 0 and run["failures"] == 0 and run["worker_errors"] == []
     assert run["log_errors"] == 0
     assert run["db_calls_per_trial"] > 0 and run["trials_per_hour"] > 0  # measured, whatever the value
+    assert run["db_calls_per_trial_by_method"]["read_many"] > 0  # the loop reads its studies at once
     assert result["ok"] is True
 
 
 def test_tiny_config_on_sqlite(tmp_path: Path) -> None:
-    _check(_run_benchmark("sqlite", tmp_path), "sqlite")
+    result = _run_benchmark("sqlite", tmp_path, "--jitter", "0.5")
+    _check(result, "sqlite")
+    assert result["runs"][0]["jitter"] == 0.5
 
 
 @pytest.mark.postgres
