@@ -242,6 +242,32 @@ def test_study_ranges_outside_the_hard_limits(
     assert not db.exists()
 
 
+@pytest.mark.parametrize(
+    ("extra", "fragments"),
+    [
+        (["--seed-base", str(2**32 - 10)], ("bad seed base 4294967286", "must lie in 0..4294967295")),
+        (["--seed-base", "-1"], ("bad seed base -1",)),
+        # the default held-out seeds (search seeds + 1,000,000,000) would pass 2^32 and wrap
+        (["--seed-base", str(2**32 - 1_000_000_000 + 10)], ("held-out seed base", "--validate-seed-base")),
+        (["--validate-seed-base", str(2**32 - 5)], ("held-out seed base 4294967291",)),
+    ],
+)
+def test_seed_ranges_past_32_bits(
+    files: Files, capsys: pytest.CaptureFixture[str], extra: list[str], fragments: tuple[str, ...]
+) -> None:
+    db = files.root / "seeds.db"
+    argv = [*files.assets.study_args(nfes="2", trials=2, storage=f"sqlite:///{db}"), *extra]
+    _refused(capsys, argv, *fragments)
+    assert not db.exists()
+
+
+def test_sample_seeds_past_32_bits(files: Files, capsys: pytest.CaptureFixture[str]) -> None:
+    out = files.root / "wrapped.png"
+    argv = files.sample_args("--seeds", "4294967290-4294967300", "--out", str(out))
+    _refused(capsys, argv, "bad seed 4294967300", "32-bit")
+    assert not out.exists()
+
+
 def test_the_hard_limits_are_one_definition() -> None:
     from skiptune.search import growth, space
     from skiptune.skips import RHO_HARD_LIMITS

@@ -48,6 +48,9 @@ def test_one_rung_rule_everywhere() -> None:
         replace(SPEC, n_samples=1, rungs=(1,))
     with pytest.raises(SkiptuneError, match="seed base"):
         replace(SPEC, seed_base=-1)
+    assert replace(SPEC, seed_base=2**32 - SPEC.n_samples).seed_base == 2**32 - SPEC.n_samples
+    with pytest.raises(SkiptuneError, match=r"must lie in 0\.\.4294967295"):
+        replace(SPEC, seed_base=2**32 - SPEC.n_samples + 1)  # its last seed would wrap onto seed 0
 
 
 def test_stored_arguments_round_trip() -> None:

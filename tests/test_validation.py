@@ -93,6 +93,9 @@ def test_blocks_and_settings_are_checked() -> None:
         ValidationSettings(n_samples=100, seed_base=50).check_disjoint(0, 100)
     with pytest.raises(SkiptuneError, match="top-k 0"):
         ValidationSettings(n_samples=100, seed_base=500, top_k=0)
+    ValidationSettings(n_samples=100, seed_base=2**32 - 100)  # the last seed is 2^32 - 1: fine
+    with pytest.raises(SkiptuneError, match=r"must lie in 0\.\.4294967295"):
+        ValidationSettings(n_samples=100, seed_base=2**32 - 99)
 
 
 def test_block_distances_equal_direct_computation(search_assets: SearchAssets) -> None:

@@ -12,6 +12,7 @@ import torch
 from skiptune.cli.common import add_storage, model_help, parse_float_pair, parse_int_list, storage_url
 from skiptune.errors import SkiptuneError
 from skiptune.sampling import SAMPLERS, generate_images
+from skiptune.seeds import check_seed_range
 
 #: Image file suffixes --out accepts -> PIL format names.
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
@@ -60,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from skiptune.skips import skip_tuning
 
     seeds = parse_int_list(args.seeds, what="seed")
+    for seed in (min(seeds), max(seeds)):
+        check_seed_range(seed, 1, "seed", "--seeds")
     SAMPLERS.get(args.sampler).steps_for_nfe(args.nfe)  # a bad NFE fails before loading the model
     if args.sigma_window and not args.rho:
         raise SkiptuneError("--sigma-window needs --rho (a tuned pair brings its own window)")

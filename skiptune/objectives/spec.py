@@ -20,6 +20,7 @@ import torch
 from skiptune.errors import SkiptuneError
 from skiptune.objectives.features import FeatureExtractor, create_extractor, extractor_name
 from skiptune.objectives.reference import ReferenceStats, load_reference, resolve_reference
+from skiptune.seeds import check_seed_range
 
 if TYPE_CHECKING:
     from skiptune.objectives.fid import FDObjective
@@ -64,11 +65,9 @@ class ObjectiveSpec:
     def __post_init__(self) -> None:
         if self.n_samples < 2:
             raise SkiptuneError(f"bad sample count {self.n_samples}: expected an integer >= 2, e.g. 10000")
-        if self.seed_base < 0 or self.feature_dim < 1:
-            raise SkiptuneError(
-                f"bad seed base {self.seed_base} or feature dimension {self.feature_dim}: "
-                "expected seed base >= 0 and feature dimension >= 1"
-            )
+        if self.feature_dim < 1:
+            raise SkiptuneError(f"bad feature dimension {self.feature_dim}: expected an integer >= 1")
+        check_seed_range(self.seed_base, self.n_samples, "seed base", "--seed-base")
         object.__setattr__(self, "extractor", extractor_name(self.extractor))
         object.__setattr__(self, "rungs", check_rungs(self.rungs or (self.n_samples,), self.n_samples))
 

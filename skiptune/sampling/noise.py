@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-_SEED_MODULUS = 1 << 32  # as EDM's generate.py: seeds are reduced to 32 bits
+from skiptune.seeds import SEED_LIMIT  # as EDM's generate.py: seeds are reduced to 32 bits
 
 
 class PerSampleGenerator:
@@ -22,7 +22,7 @@ class PerSampleGenerator:
 
     def __init__(self, seeds: Sequence[int]) -> None:
         self.seeds = [int(s) for s in seeds]
-        self.generators = [torch.Generator("cpu").manual_seed(s % _SEED_MODULUS) for s in self.seeds]
+        self.generators = [torch.Generator("cpu").manual_seed(s % SEED_LIMIT) for s in self.seeds]
 
     def __len__(self) -> int:
         return len(self.generators)

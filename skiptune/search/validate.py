@@ -29,6 +29,7 @@ from typing import Any
 
 from skiptune.errors import SkiptuneError
 from skiptune.objectives.holdout import BlockDistances, block_bounds
+from skiptune.seeds import check_seed_range
 
 #: Held-out seeds start this far above the search's seed base: disjoint from any search block below 1e9.
 HOLDOUT_OFFSET = 1_000_000_000
@@ -60,6 +61,7 @@ class ValidationSettings:
         for ok, what, expected in checks:
             if not ok:
                 raise SkiptuneError(f"bad validation {what}: expected {expected}")
+        check_seed_range(self.seed_base, self.n_samples, "held-out seed base", "--validate-seed-base")
 
     def check_disjoint(self, search_seed_base: int, search_samples: int) -> None:
         """Refuse held-out seeds that overlap the search's seeds (they would not be held out)."""
