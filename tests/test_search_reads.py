@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from skiptune.search.algorithms import build_sampler
-from skiptune.search.records import ask, fresh_trials, read_many
+from skiptune.search.records import ask, claim_study_attr, fresh_trials, read_many
 from skiptune.search.space import SearchSpace
 from skiptune.search.stale import StaleSweep
 from skiptune.storage import open_storage
@@ -110,3 +110,34 @@ def test_known_space_tpe_proposes_what_optunas_inferred_space_does() -> None:
             study.tell(trial, (schedule.rho_bottom - 0.7) ** 2 + (schedule.rho_top - 0.8) ** 2)
         proposals.append([t.params for t in study.trials])
     assert proposals[0] == proposals[1]
+
+
+def test_a_claimed_study_attr_has_one_writer_however_many_race(storage_url: str) -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from skiptune.errors import SkiptuneError
+    from skiptune.search.precision import check_precision
+
+    sid = optuna.create_study(study_name="s", storage=open_storage(storage_url))._study_id
+    storages = [open_storage(storage_url) for _ in range(6)]  # six workers, each its own engine
+    start, got = threading.Barrier(len(storages)), {}
+
+    def claim(i: int) -> None:
+        start.wait()
+        got[i] = claim_study_attr(storages[i], sid, "k", f"v{i}")
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(len(storages))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    (winner,) = set(got.values())  # every racer sees the first writer's value
+    assert open_storage(storage_url).get_study_system_attrs(sid)["k"] == winner
+    # the precision pin of a study without trials is such a claim: the first worker's wins
+    pid = optuna.create_study(study_name="p", storage=storages[0])._study_id
+    study = SimpleNamespace(name="p", study_id=pid)
+    check_precision(storages[0], study, "bf16")  # type: ignore[arg-type]
+    check_precision(storages[1], study, "bf16")  # type: ignore[arg-type]
+    with pytest.raises(SkiptuneError, match=r"run in bf16 \(claimed by the first worker"):
+        check_precision(storages[2], study, "fp32")  # type: ignore[arg-type]

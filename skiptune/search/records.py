@@ -56,6 +56,7 @@ PLACE_ATTR = "skiptune_place"  # a copy's place in the budget: the number of the
 RETRIES_ATTR = "skiptune_retries"  # how many times the lineage's worker died (stale re-runs so far)
 WORKER_ATTR = "skiptune_worker"  # host:pid:index of the evaluating worker
 PRECISION_ATTR = "skiptune_precision"  # fp32 / bf16 / fp16: what the evaluating worker sampled in
+PRECISION_PIN_ATTR = "skiptune_precision_pin"  # study system attr: the precision claimed by its first worker
 FAIL_ATTR = "skiptune_fail"  # {"kind": ..., "reason": ...} when skiptune failed the trial
 HOLDOUT_ATTR = "skiptune_holdout"  # a validation job's BlockDistances.to_dict()
 BASELINE = "baseline"
@@ -280,6 +281,34 @@ def claim_rerun(storage: optuna.storages.BaseStorage, trial_id: int, *, expire_s
     except BaseException:
         session.rollback()
         raise
+
+
+def claim_study_attr(storage: optuna.storages.BaseStorage, sid: int, key: str, value: Any) -> Any:
+    """Set a study system attribute only if it is not set yet, atomically; return its value (ours if
+    this call set it, the first writer's otherwise). The schema makes (study, key) unique, so of two
+    racing inserts one fails. Without the schema (the gRPC proxy) it is a plain read, then a write."""
+    backend = _rdb(storage)
+    if backend is None:
+        theirs = storage.get_study_system_attrs(sid).get(key)
+        if theirs is None:
+            storage.set_study_system_attr(sid, key, value)
+        return value if theirs is None else theirs
+    from optuna.storages._rdb.models import StudySystemAttributeModel as Attr
+
+    session = backend.scoped_session()
+    try:
+        session.add(Attr(study_id=sid, key=key, value_json=json.dumps(value)))
+        session.commit()
+        return value
+    except sqlalchemy.exc.IntegrityError:
+        session.rollback()
+    try:
+        stored = session.query(Attr.value_json).filter(Attr.study_id == sid, Attr.key == key).scalar()
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return json.loads(str(stored))
 
 
 def reset_session(storage: optuna.storages.BaseStorage) -> None:
