@@ -5,7 +5,9 @@
 #   scripts/host_scaling.sh OUTDIR
 #
 # PostgreSQL binaries: $PG_BIN (a folder with initdb, pg_ctl, postgres); else those of a `pgserver`
-# wheel in .pg/ (PyPI's pgserver ships a relocatable PostgreSQL 16; carried to machines without one);
+# wheel in .pg/ (PyPI's pgserver ships a relocatable PostgreSQL 16; carried to machines without one:
+# `pip download --no-deps --only-binary=:all: -d .pg pgserver==0.1.4`, add --python-version/--platform
+# for another machine's Python);
 # else `pg_config --bindir`. As root the server runs as user nobody (PostgreSQL refuses root).
 # Writes OUTDIR/pg.json (and sqlite.json when SQLITE_WORKERS is set), OUTDIR/host.txt, the server log.
 #
