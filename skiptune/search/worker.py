@@ -115,7 +115,8 @@ def run_worker(
 
     def objective_for(s: StoredStudy) -> Objective:
         if s.name not in objectives:
-            check_precision(storage, s, precision_used)  # one precision per study
+            # one precision per study; the first worker's claim is a write: inside the storage boundary
+            guard.call(lambda: check_precision(storage, s, precision_used))
             objectives[s.name] = _checked_objective(
                 factory(net, s.spec, device=dev, batch_size=batch_size), s
             )
