@@ -10,15 +10,19 @@ TORCH_SPEC ?= torch==2.9.1 torchvision==0.24.1
 else
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 endif
+# What `make test` installs: the exact versions tested together (constraints/tested.txt), so a fresh
+# clone passes whatever was released since. `make test-latest` / `make test-oldest` run the same suite
+# against the newest releases the pyproject allows and against its lower bounds (constraints/oldest.txt).
+CONSTRAINTS ?= constraints/tested.txt
 export SKIPTUNE_TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 
-.PHONY: test demo lint venv clean
+.PHONY: test demo lint venv clean test-latest test-oldest lock
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[dev,postgres]'
+	$(PY) -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) $(if $(UPGRADE),--upgrade) -e '.[dev,postgres]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -30,8 +34,22 @@ lint: $(VENV)/.installed
 test: lint
 	$(VENV)/bin/pytest -q -rs
 
+# The suite against the newest releases (no constraints) and against the oldest allowed ones; each in
+# its own venv. A failure here is news about a release, not about the code under test.
+test-latest:
+	$(MAKE) test VENV=.venv-latest CONSTRAINTS= UPGRADE=1
+
+test-oldest:
+	$(MAKE) test VENV=.venv-oldest CONSTRAINTS=constraints/oldest.txt
+
+# After `make test-latest` passes: make the newest versions the tested ones.
+lock:
+	{ sed -n 1,2p constraints/tested.txt; .venv-latest/bin/pip freeze --exclude-editable \
+	  | grep -v -i -E '^(nvidia|torch|triton|cuda|skiptune)'; } > constraints/tested.new
+	mv constraints/tested.new constraints/tested.txt
+
 demo: $(VENV)/.installed
 	$(VENV)/bin/skiptune demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-latest .venv-oldest .pytest_cache .mypy_cache .ruff_cache

@@ -164,7 +164,7 @@ class _TrialCache:
             with _create_scoped_session(self._backend.scoped_session) as session:
                 rows = session.query(trial).options(*loads).filter(sqlalchemy.or_(*wanted)).all()
                 build = self._backend._build_frozen_trial_from_trial_model
-                read_now = [(int(m.study_id), build(m)) for m in rows]
+                read_now = [(_study_of(m), build(m)) for m in rows]
             for owner, frozen in read_now:
                 self._keep(owner, frozen)
             return {sid: sorted(self._trials[sid].values(), key=lambda t: t.number) for sid in sids}
@@ -177,6 +177,14 @@ class _TrialCache:
             self._last_finished[sid] = max(self._last_finished[sid], tid)
         else:
             self._unfinished[sid].add(tid)
+
+
+def _study_of(row: Any) -> int:
+    """A trial row's study id (typed ``int | None`` by SQLAlchemy 2.1's mapping, never NULL in the schema)."""
+    sid = row.study_id
+    if sid is None:  # pragma: no cover - the column is NOT NULL
+        raise RuntimeError(f"trial {row.trial_id} has no study")
+    return int(sid)
 
 
 _many_readers: weakref.WeakKeyDictionary[optuna.storages.RDBStorage, _TrialCache]
