@@ -45,7 +45,7 @@ def _record(url: str) -> dict[str, list[tuple[Any, ...]]]:
     with plain_storage(url) as storage:
         return {
             s.study_name.split("/", 3)[-1]: [
-                (t.number, t.state.name, sorted(t.params.items()), t.value, sorted(t.intermediate_values.items()))
+                (t.number, t.state.name, sorted(t.params.items()), t.value, sorted(t.intermediate_values.items()))  # noqa: E501
                 for t in storage.get_all_trials(s._study_id)
             ]
             for s in storage.get_all_studies()

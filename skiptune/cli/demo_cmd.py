@@ -47,10 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--trials", type=int, default=8, help="trial budget per study (default: %(default)s)")
     add("--n-samples", type=int, default=200, help="samples per trial (default: %(default)s)")
     add("--rungs", default="100,200", help="pruning rungs in samples (default: %(default)s)")
-    add("--validate-samples", type=int, default=600,
+    add("--validate-samples", type=int, default=500,
         help="held-out samples per validated candidate (default: %(default)s)")  # fmt: skip
-    add("--validate-top-k", type=int, default=2,
+    add("--validate-top-k", type=int, default=1,
         help="candidates validated against the baseline (default: %(default)s)")  # fmt: skip
+    add("--growth-trials", type=int, default=2,
+        help="extra trials when the validated best presses against the box; 0: fixed box "
+        "(default: %(default)s)")  # fmt: skip
     add("--seed", type=int, default=0, help="seed of the search, recorded with the studies (default: 0)")
     add("--workers", type=int, default=None,
         help="local worker processes (default: one per NFE, at most one per CPU core)")  # fmt: skip
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         "--extractor", "fmnist-classifier", "--reference", "demo", "--n-samples", str(args.n_samples),
         "--rungs", args.rungs, "--trials", str(args.trials), "--seed", str(args.seed),
         "--validate-samples", str(args.validate_samples), "--validate-top-k", str(args.validate_top_k),
-        "--storage", url,
+        "--growth-trials", str(args.growth_trials), "--storage", url,
     )  # fmt: skip
     groups = worker_groups(nfes, workers)
     _run_workers(url, out, groups, batch_size=args.batch_size, seed=args.seed, started=started)
@@ -135,7 +138,9 @@ def _run_workers(
     url: str, out: Path, groups: list[WorkerGroup], *, batch_size: int, seed: int, started: float
 ) -> None:
     total = sum(g.workers for g in groups)
-    threads = max(1, (os.cpu_count() or 1) // total)  # one thread per core: two threads per process
+    # a thread per core (a thread count the user set wins): more threads than cores, as when two workers
+    # run two threads each on two cores, make PyTorch's thread pools spin against each other
+    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // total))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     split = "NFEs " + " / ".join(",".join(map(str, sorted(g.nfes))) for g in groups if g.nfes)
     print(
