@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from skiptune.objectives.spec import check_rungs
 
     nfes = parse_int_list(args.nfe, what="NFE")
-    workers = args.workers or max(1, min(len(nfes), os.cpu_count() or 1))
+    workers = args.workers or max(1, min(len(nfes), _cores()))
     if workers < 1 or args.trials < 1:
         raise SkiptuneError(f"bad --workers {workers} / --trials {args.trials}: expected positive integers")
     if args.n_samples < 2:
@@ -105,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cores() -> int:
+    """The cores this process may run on (``taskset`` and container limits count, not the host's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def worker_groups(nfes: list[int], workers: int) -> list[WorkerGroup]:
     """One group per worker, splitting the NFEs between them (each study has one worker: reproducible);
     with more workers than NFEs, one group of all workers sharing every study."""
@@ -140,7 +145,7 @@ def _run_workers(
     total = sum(g.workers for g in groups)
     # a thread per core (a thread count the user set wins): more threads than cores, as when two workers
     # run two threads each on two cores, make PyTorch's thread pools spin against each other
-    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // total))
+    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, _cores() // total))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     split = "NFEs " + " / ".join(",".join(map(str, sorted(g.nfes))) for g in groups if g.nfes)
     print(
