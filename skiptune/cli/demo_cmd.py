@@ -69,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     workers = args.workers or max(1, min(len(nfes), _cores()))
     if workers < 1 or args.trials < 1:
         raise SkiptuneError(f"bad --workers {workers} / --trials {args.trials}: expected positive integers")
+    if not 0 <= args.seed < 2**31 - 1024:
+        raise SkiptuneError(f"bad --seed {args.seed}: expected an integer in 0..{2**31 - 1025}, e.g. 0")
     if args.n_samples < 2:
         raise SkiptuneError(f"bad --n-samples {args.n_samples}: expected an integer >= 2, e.g. 200")
     check_rungs(parse_int_list(args.rungs, what="rung"), args.n_samples)  # before anything runs
