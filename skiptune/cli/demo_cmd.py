@@ -46,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--nfe", default="5,9", help="Heun NFEs to study (default: %(default)s)")
     add("--trials", type=int, default=8, help="trial budget per study (default: %(default)s)")
     add("--n-samples", type=int, default=200, help="samples per trial (default: %(default)s)")
-    add("--rungs", default="100,200", help="pruning rungs in samples (default: %(default)s)")
+    add("--rungs", default="200", help="pruning rungs in samples (default: %(default)s: no pruning; the "
+        "Gaussian process learns nothing from a pruned trial and proposes its pair again)")  # fmt: skip
     add("--validate-samples", type=int, default=500,
         help="held-out samples per validated candidate (default: %(default)s)")  # fmt: skip
     add("--validate-top-k", type=int, default=1,
