@@ -6,23 +6,28 @@
 #
 #   scripts/cpu_demo_timing.sh OUTDIR            # SEEDS="0 0 1 2" (seed 0 twice: the same table?)
 #
+# OUTDIR gets one log per demo (demoI.log); the demos' folders (database, worker logs, PNGs) go to
+# WORKDIR (default /tmp/cpu_demo), so a device call brings back only the logs.
+#
 # Where optuna & co. are missing, carry .whl (see scripts/gpu_throughput.sh); the demo needs no data set.
 set -uo pipefail
 OUTDIR=${1:?usage: scripts/cpu_demo_timing.sh OUTDIR}
-mkdir -p "$OUTDIR"
+WORKDIR=${WORKDIR:-/tmp/cpu_demo}
+mkdir -p "$OUTDIR" "$WORKDIR"
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} CUDA_VISIBLE_DEVICES=
 read -r -a SEEDS <<< "${SEEDS:-0 0 1 2}"
+read -r -a EXTRA <<< "${DEMO_ARGS:-}"  # other demo options (a smoke run: smaller sizes)
 echo "host: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 i=0
 for seed in "${SEEDS[@]}"; do
     cores="$((2 * i)),$((2 * i + 1))"
     (
         start=$(date +%s)
-        taskset -c "$cores" python3 -m skiptune demo --seed "$seed" --out "$OUTDIR/demo$i" > "$OUTDIR/demo$i.log" 2>&1
+        taskset -c "$cores" python3 -m skiptune demo "${EXTRA[@]}" --seed "$seed" --out "$WORKDIR/demo$i" > "$OUTDIR/demo$i.log" 2>&1
         echo "demo$i: seed $seed on cores $cores: exit $? after $(( $(date +%s) - start )) s"
     ) &
     i=$((i + 1))
