@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 from skiptune.errors import SkiptuneError
@@ -50,7 +51,10 @@ def model_help() -> str:
     """``--model``'s help: the registered names (skiptune.plugins.MODELS) or a path."""
     from skiptune.plugins import MODELS
 
-    return f"registered model ({', '.join(MODELS.names()) or 'none'}) or checkpoint path"
+    return (
+        f"registered model ({', '.join(MODELS.names()) or 'none'}) or checkpoint path (.pkl/.pt/"
+        ".safetensors, a diffusers UNet2DModel folder or a Stable Diffusion 1.x/2.x pipeline folder)"
+    )
 
 
 def extractor_help() -> str:
@@ -181,3 +185,37 @@ def validation_settings(args: argparse.Namespace, *, n_trials: int) -> Any:  # -
         growth_budget=args.growth_trials,
         edge=args.growth_edge,
     )
+
+
+def add_conditioning_options(
+    parser: argparse.ArgumentParser, *, default_guidance: float | None = 1.0
+) -> None:
+    """``--prompts``, ``--negative-prompt``, ``--guidance``: the conditions of text-conditional models."""
+    parser.add_argument(
+        "--prompts", type=Path, default=None, metavar="FILE",
+        help="text models: prompts, one per line; sample i gets prompt (seed mod P)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--negative-prompt", default="", metavar="TEXT",
+        help="text models: the unconditional branch's prompt under guidance (default: empty)",
+    )  # fmt: skip
+    shown = "" if default_guidance is None else " (default: %(default)s)"
+    parser.add_argument(
+        "--guidance", type=float, default=default_guidance, metavar="W",
+        help="text models: classifier-free guidance scale, 1 = none; one guided evaluation counts as one NFE "
+        f"at twice the batch{shown}",
+    )  # fmt: skip
+
+
+def conditioning_from_args(args: argparse.Namespace) -> Any:  # -> Conditioning | None
+    """The conditioning the options describe; None without ``--prompts`` (then the others are refused)."""
+    from skiptune.sampling.conditions import Conditioning, read_prompts
+
+    guidance = 1.0 if args.guidance is None else float(args.guidance)
+    if args.prompts is None:
+        if guidance != 1.0 or args.negative_prompt:
+            raise SkiptuneError(
+                "--guidance/--negative-prompt need --prompts FILE (the prompts of a text-conditional model)"
+            )
+        return None
+    return Conditioning(read_prompts(args.prompts), args.negative_prompt, guidance)

@@ -7,9 +7,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from skiptune.cli.common import (
+    add_conditioning_options,
     add_json,
     add_storage,
     add_validation_options,
+    conditioning_from_args,
     extractor_help,
     model_help,
     parse_float_pair,
@@ -46,7 +48,13 @@ examples:
       --reference refs/fmnist-train.npz --n-samples 10000 --rungs 2000,10000 --trials 30
   skiptune study create --model edm-cifar10 --sampler heun --nfe 9 --extractor inception-v3 \\
       --reference cifar10-32x32.npz --search gp --storage postgresql://user:pw@db/skiptune
+  skiptune study create --model ./stable-diffusion-v1-5 --prompts prompts.txt --guidance 7.5 \
+      --sampler dpmpp_2m --nfe 10,20 --extractor inception-v3 --reference coco-512.npz --n-samples 5000
   skiptune study list --model demo
+
+Text-conditional models (Stable Diffusion pipeline folders) need --prompts: sample i is conditioned on
+prompt (seed mod P). The prompts, negative prompt and guidance scale are part of the study's identity.
+One guided evaluation (conditional and unconditional halves in one batch of twice the size) is one NFE.
 """
 
 
@@ -110,6 +118,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("LO", "HI"),
         help="also search a sigma window [lo, hi] inside this range (log scale); default: off",
     )
+    add_conditioning_options(create)
     add_validation_options(create)
     add_storage(create)
     add_json(create)
@@ -149,6 +158,7 @@ def _create(args: argparse.Namespace) -> int:
         ),
     )
     url = normalize_url(storage_url(args))  # fail fast on a bad URL, before loading anything
+    conditioning = conditioning_from_args(args)  # a bad prompts file too
     loaded = load_model(args.model, device="cpu")
     specs = study_specs(
         loaded,
@@ -162,6 +172,7 @@ def _create(args: argparse.Namespace) -> int:
         space=space,
         n_trials=args.trials,
         search=args.search,
+        conditioning=conditioning,
     )
     validation = None if args.no_validate else validation_settings(args, n_trials=args.trials)
     if validation is not None:

@@ -57,9 +57,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     if not path.exists():
         raise SkiptuneError(f"checkpoint {path} does not exist; check the path or the model name")
     if path.is_dir():
-        from skiptune.nets.diffusers import load_diffusers_unet
-
-        return load_diffusers_unet(path, device=device)
+        return _load_folder(path, device=device)
     loader = _LOADERS.get(path.suffix.lower())
     if loader is None:
         raise SkiptuneError(
@@ -68,6 +66,18 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
         )
     net = loader(path)
     return net.to(device).eval()
+
+
+def _load_folder(path: Path, *, device: str | torch.device) -> torch.nn.Module:
+    from skiptune.nets.pipelines.folder import STABLE_DIFFUSION, pipeline_kind
+
+    if pipeline_kind(path) == STABLE_DIFFUSION:
+        from skiptune.nets.pipelines.stable_diffusion import load_stable_diffusion
+
+        return load_stable_diffusion(path, device=device)
+    from skiptune.nets.diffusers import load_diffusers_unet
+
+    return load_diffusers_unet(path, device=device)
 
 
 def _loaders() -> dict[str, Callable[[Path], torch.nn.Module]]:

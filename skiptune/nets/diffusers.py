@@ -36,11 +36,22 @@ def _is_unet(obj: object) -> bool:
     return isinstance(obj, classes)
 
 
+# Attributes through which wrappers hold the net they run: the fast path's ``.net``, guidance's ``.denoiser``.
+_WRAPPED = ("net", "denoiser")
+_MAX_WRAPPERS = 4
+
+
 def find_diffusers_unet(net: torch.nn.Module) -> torch.nn.Module | None:
-    """``net`` itself or its ``.unet`` when that is a diffusers UNet2DModel/UNet2DConditionModel."""
-    for candidate in (net, getattr(net, "unet", None)):
-        if _is_unet(candidate):
-            return candidate  # type: ignore[return-value]
+    """``net`` itself or its ``.unet`` when that is a diffusers UNet2DModel/UNet2DConditionModel, also
+    through wrappers (``.net``, ``.denoiser``) around such a net."""
+    current: object = net
+    for _ in range(_MAX_WRAPPERS):
+        for candidate in (current, getattr(current, "unet", None)):
+            if _is_unet(candidate):
+                return candidate  # type: ignore[return-value]
+        current = next((w for w in (getattr(current, a, None) for a in _WRAPPED) if w is not None), None)
+        if current is None:
+            return None
     return None
 
 

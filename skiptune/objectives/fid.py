@@ -20,7 +20,7 @@ from skiptune.objectives.features import FeatureExtractor
 from skiptune.objectives.frechet import FeatureStats, frechet_distance
 from skiptune.objectives.reference import ReferenceStats, check_compatible
 from skiptune.objectives.spec import ObjectiveSpec
-from skiptune.sampling import SAMPLERS, generate_images
+from skiptune.sampling import SAMPLERS, generate_images, image_shape
 from skiptune.skips import SkipSchedule, skip_tuning
 
 if TYPE_CHECKING:
@@ -53,14 +53,13 @@ class FDObjective:
         if batch_size < 1:
             raise SkiptuneError(f"bad batch size {batch_size}: expected an integer >= 1")
         _check_matches(spec, extractor, reference)
-        resolution = int(denoiser.img_resolution)  # type: ignore[arg-type]
+        channels, resolution = image_shape(denoiser)  # a latent model's decoded images
         wanted = getattr(extractor, "input_resolution", None)
         if wanted is not None and wanted != resolution:
             raise SkiptuneError(
                 f"extractor {extractor.name!r} takes {wanted}x{wanted} images but the model makes "
                 f"{resolution}x{resolution}; choose an extractor that accepts them (e.g. inception-v3-compat)"
             )
-        channels = int(denoiser.img_channels)  # type: ignore[arg-type]
         check_compatible(reference, extractor=extractor, resolution=resolution, channels=channels)
         self.spec, self.denoiser, self.sampler, self.nfe = spec, denoiser, sampler, nfe
         self.extractor, self.reference = extractor, reference
