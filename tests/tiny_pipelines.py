@@ -1,0 +1,87 @@
+"""Tiny Stable Diffusion pipeline folders for tests: random weights, a tiny CLIP vocabulary, saved by
+diffusers' own ``save_pretrained`` (a real folder, loaded back by path)."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PROMPTS = ["a cat on a mat", "a dog", "the sun at noon"]
+
+
+def tiny_tokenizer() -> Any:
+    """A CLIP BPE tokenizer over lower-case letters and two merges, 8 tokens long."""
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for c in string.ascii_lowercase:
+            vocab[c + suffix] = len(vocab)
+    merges = [("a", "t</w>"), ("o", "n</w>")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=8)
+
+
+def tiny_components(*, prediction_type: str = "epsilon", seed: int = 0) -> dict[str, Any]:
+    """UNet2DConditionModel + AutoencoderKL + CLIPTextModel + tokenizer + Euler scheduler, tiny."""
+    import diffusers
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=8, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    ))  # fmt: skip
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16, attention_head_dim=4,
+        norm_num_groups=8,
+    )  # fmt: skip
+    _randomize(unet)  # diffusers zero-initialises output layers: make every wire matter
+    vae = diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16),
+        latent_channels=4, norm_num_groups=8, layers_per_block=1, sample_size=16,
+    )  # fmt: skip
+    scheduler = diffusers.EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        prediction_type=prediction_type, steps_offset=1,
+    )  # fmt: skip
+    return dict(unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer, scheduler=scheduler)
+
+
+def _randomize(module: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.dim() > 1:
+                p.normal_(0, 1 / max(p[0].numel(), 1) ** 0.5)
+            elif "norm" not in name:
+                p.normal_(0, 0.1)
+
+
+def make_pipeline_folder(root: Path, **kwargs: Any) -> Path:
+    """A StableDiffusionPipeline of tiny random components saved at ``root``."""
+    import diffusers
+
+    pipe = diffusers.StableDiffusionPipeline(
+        **tiny_components(**kwargs), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    pipe.save_pretrained(str(root))
+    return root
+
+
+def load_pipeline(root: Path, scheduler: str = "euler") -> Any:
+    """diffusers' own pipeline from the folder, with the named scheduler built from its config."""
+    import diffusers
+
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(root))
+    cls = {"euler": diffusers.EulerDiscreteScheduler, "dpmpp_2m": diffusers.DPMSolverMultistepScheduler}[scheduler]
+    pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
