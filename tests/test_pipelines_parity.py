@@ -13,11 +13,11 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from tiny_pipelines import PROMPTS, load_pipeline, make_pipeline_folder  # noqa: E402
+from tiny_pipelines import PROMPTS, load_pipeline, make_pipeline_folder
 
-from skiptune.nets.registry import load_model  # noqa: E402
-from skiptune.sampling import SAMPLERS, Conditioning, bind_conditioning  # noqa: E402
-from skiptune.skips import SkipSchedule, skip_tuning  # noqa: E402
+from skiptune.nets.registry import load_model
+from skiptune.sampling import SAMPLERS, Conditioning, bind_conditioning
+from skiptune.skips import SkipSchedule, skip_tuning
 
 STEPS = 5
 
@@ -38,8 +38,14 @@ def start(pipe: object, sampler: str, latents: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def ours(folder: Path, sampler: str, sigmas: torch.Tensor, x: torch.Tensor, guidance: float,
-         schedule: SkipSchedule | None = None) -> torch.Tensor:
+def ours(
+    folder: Path,
+    sampler: str,
+    sigmas: torch.Tensor,
+    x: torch.Tensor,
+    guidance: float,
+    schedule: SkipSchedule | None = None,
+) -> torch.Tensor:
     net = load_model(folder).net
     bound = bind_conditioning(net, Conditioning(tuple(PROMPTS[:2]), guidance=guidance), device="cpu")
     labels = bound.condition_for_seeds([0, 1], device="cpu")  # type: ignore[operator]

@@ -26,7 +26,20 @@ def tiny_tokenizer() -> Any:
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=8)
 
 
-def tiny_components(*, prediction_type: str = "epsilon", seed: int = 0) -> dict[str, Any]:
+def tiny_vae(latent_channels: int = 4) -> Any:
+    """A 2-level AutoencoderKL: 16x16 RGB images <-> 8x8 latents."""
+    import diffusers
+
+    return diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16),
+        latent_channels=latent_channels, norm_num_groups=8, layers_per_block=1, sample_size=16,
+    )  # fmt: skip
+
+
+def tiny_components(
+    *, prediction_type: str = "epsilon", seed: int = 0, vae_latent_channels: int = 4
+) -> dict[str, Any]:
     """UNet2DConditionModel + AutoencoderKL + CLIPTextModel + tokenizer + Euler scheduler, tiny."""
     import diffusers
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -44,11 +57,7 @@ def tiny_components(*, prediction_type: str = "epsilon", seed: int = 0) -> dict[
         norm_num_groups=8,
     )  # fmt: skip
     _randomize(unet)  # diffusers zero-initialises output layers: make every wire matter
-    vae = diffusers.AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16),
-        latent_channels=4, norm_num_groups=8, layers_per_block=1, sample_size=16,
-    )  # fmt: skip
+    vae = tiny_vae(vae_latent_channels)
     scheduler = diffusers.EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
         prediction_type=prediction_type, steps_offset=1,
@@ -70,7 +79,10 @@ def make_pipeline_folder(root: Path, **kwargs: Any) -> Path:
     import diffusers
 
     pipe = diffusers.StableDiffusionPipeline(
-        **tiny_components(**kwargs), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        **tiny_components(**kwargs),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.save_pretrained(str(root))
     return root
@@ -81,7 +93,9 @@ def load_pipeline(root: Path, scheduler: str = "euler") -> Any:
     import diffusers
 
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(root))
-    cls = {"euler": diffusers.EulerDiscreteScheduler, "dpmpp_2m": diffusers.DPMSolverMultistepScheduler}[scheduler]
+    cls = {"euler": diffusers.EulerDiscreteScheduler, "dpmpp_2m": diffusers.DPMSolverMultistepScheduler}[
+        scheduler
+    ]
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
