@@ -229,3 +229,64 @@ def test_edm2_latent_decode_equals_the_vae_with_edm2_constants(tmp_path: Path) -
     holder = torch.nn.Module()
     holder.decode = decoder  # type: ignore[assignment]
     torch.testing.assert_close(decode(holder, z.double()), decoder(z).double())
+
+
+def _tiny_edm2(tmp_path: Path) -> Path:
+    from skiptune.nets.checkpoints import save_checkpoint
+    from skiptune.nets.edm2 import EDM2Precond
+
+    torch.manual_seed(4)
+    net = EDM2Precond(img_resolution=8, img_channels=4, label_dim=10, use_fp16=False, model_channels=16,
+                      channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], logvar_channels=8,
+                      channels_per_head=16)  # fmt: skip
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.5)  # EDM2 initialises output gains to zero: make every layer matter
+    return save_checkpoint(net, tmp_path / "edm2-tiny.pt")
+
+
+def _latent_file(tmp_path: Path, vae_channels: int = 4) -> Path:
+    torch.manual_seed(0)
+    tiny_vae(vae_channels).save_pretrained(str(tmp_path / "vae"))
+    spec = {
+        "format": "skiptune-latent",
+        "denoiser": _tiny_edm2(tmp_path).name,
+        "vae": "vae",
+        "latents": "edm2",
+    }
+    path = tmp_path / "edm2-latent.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def test_edm2_latent_model_file_samples_latents_and_decodes_them(tmp_path: Path) -> None:
+    from skiptune.sampling import sample_batch, to_uint8
+    from skiptune.skips import SkipSchedule, skip_tuning
+
+    path = _latent_file(tmp_path)
+    loaded = load_model(path)
+    net = loaded.net
+    assert (net.img_channels, net.img_resolution, net.image_channels, net.image_resolution) == (4, 8, 3, 16)
+    assert loaded.fingerprint != load_model(tmp_path / "edm2-tiny.pt").fingerprint  # the VAE is in it
+    kwargs = dict(sampler="heun", nfe=5, seeds=[0, 1], device="cpu")
+    images = next(generate_images(net, batch_size=2, **kwargs))  # type: ignore[arg-type]
+    assert images.shape == (2, 3, 16, 16) and images.float().std() > 1
+    torch.testing.assert_close(images, to_uint8(net.decode(sample_batch(net, **kwargs).float()).double()))
+    with skip_tuning(net, SkipSchedule(0.5, 1.2, sigma_window=(0.1, 50.0))):  # native buffers, windows work
+        tuned = next(generate_images(net, batch_size=2, **kwargs))  # type: ignore[arg-type]
+    assert not torch.equal(tuned, images)
+    _edit_json(tmp_path / "vae" / "config.json", scaling_factor=0.3)  # not used by EDM2, but a config change
+    assert load_model(path).fingerprint != loaded.fingerprint
+
+
+def test_edm2_latent_model_file_refusals(tmp_path: Path) -> None:
+    path = _latent_file(tmp_path, vae_channels=3)
+    with pytest.raises(SkiptuneError) as exc:
+        load_model(path)
+    assert "has 3 latent channels but the denoiser samples 4" in _one_line(exc)
+    _edit_json(path, latents="sdxl")
+    with pytest.raises(SkiptuneError, match="latents 'sdxl' are not known"):
+        load_model(path)
+    path.write_text(json.dumps({"format": "other"}))
+    with pytest.raises(SkiptuneError, match="expected a latent model file"):
+        load_model(path)

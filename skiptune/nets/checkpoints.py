@@ -52,7 +52,8 @@ for _name, _cls in (("Precond", EDM2Precond), ("UNet", EDM2UNet), ("EDM2Precond"
 
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load a denoiser from an EDM ``.pkl``, a ``.pt``/``.pth``, a ``.safetensors`` or a diffusers folder."""
+    """Load a denoiser from an EDM ``.pkl``, a ``.pt``/``.pth``, a ``.safetensors``, a latent model ``.json``
+    (a checkpoint + the VAE folder decoding it, see ``nets.pipelines.latent_model``) or a diffusers folder."""
     path = Path(path)
     if not path.exists():
         raise SkiptuneError(f"checkpoint {path} does not exist; check the path or the model name")
@@ -61,8 +62,8 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     loader = _LOADERS.get(path.suffix.lower())
     if loader is None:
         raise SkiptuneError(
-            f"unknown checkpoint type {path.name!r}; expected .pkl (EDM), .pt/.pth, .safetensors "
-            "or a diffusers folder"
+            f"unknown checkpoint type {path.name!r}; expected .pkl (EDM), .pt/.pth, .safetensors, "
+            "a latent model .json or a diffusers folder"
         )
     net = loader(path)
     return net.to(device).eval()
@@ -82,7 +83,18 @@ def _load_folder(path: Path, *, device: str | torch.device) -> torch.nn.Module:
 
 def _loaders() -> dict[str, Callable[[Path], torch.nn.Module]]:
     return {".pkl": _load_edm_pickle, ".pt": _load_torch, ".pth": _load_torch,
-            ".safetensors": _load_safetensors}
+            ".safetensors": _load_safetensors, ".json": _load_latent_model}
+
+
+def _load_latent_model(path: Path) -> torch.nn.Module:
+    from skiptune.nets.pipelines.latent_model import load_latent_model
+
+    def load_denoiser(inner: Path) -> torch.nn.Module:
+        if inner.suffix.lower() == ".json" or inner.is_dir():
+            raise SkiptuneError(f"{path}: the denoiser {inner.name} must be a .pkl/.pt/.safetensors file")
+        return load_checkpoint(inner)
+
+    return load_latent_model(path, load_denoiser=load_denoiser)
 
 
 def save_checkpoint(net: torch.nn.Module, path: str | Path, *, config: dict[str, Any] | None = None) -> Path:
