@@ -116,6 +116,11 @@ def run(args: argparse.Namespace) -> int:
         )
     device = resolve_device(args.device)
     loaded = load_model(args.model, device=device)
+    if callable(getattr(loaded.net, "decode", None)):
+        raise SkiptuneError(
+            f"model {loaded.name!r} samples latents: `analyze` noises real images in the network's own "
+            "space, which would need the VAE's encoder; it runs on pixel-space models only"
+        )
     demo = loaded.name == "demo"
     pair = None
     if tuned:
