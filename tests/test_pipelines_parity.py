@@ -44,12 +44,13 @@ def ours(
     sigmas: torch.Tensor,
     x: torch.Tensor,
     guidance: float,
-    schedule: SkipSchedule | None = None,
+    negative: str = "",
 ) -> torch.Tensor:
     net = load_model(folder).net
-    bound = bind_conditioning(net, Conditioning(tuple(PROMPTS[:2]), guidance=guidance), device="cpu")
+    conditioning = Conditioning(tuple(PROMPTS[:2]), negative_prompt=negative, guidance=guidance)
+    bound = bind_conditioning(net, conditioning, device="cpu")
     labels = bound.condition_for_seeds([0, 1], device="cpu")  # type: ignore[operator]
-    with torch.inference_mode(), skip_tuning(bound, schedule or SkipSchedule()):  # type: ignore[arg-type]
+    with torch.inference_mode():
         return SAMPLERS.get(sampler).fn(bound, x, sigmas, class_labels=labels).float()
 
 
@@ -74,6 +75,18 @@ def test_sampler_reproduces_stable_diffusion_pipeline(folder: Path, sampler: str
     # and it is not trivially close: another guidance scale is far away
     other = ours(folder, sampler, sigmas, x, guidance + 2.0)
     assert (other - theirs).abs().max() > 1e-2 * scale
+
+
+def test_negative_prompt_is_the_unconditional_branch(folder: Path) -> None:
+    pipe = load_pipeline(folder, "euler")
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    theirs = pipe(prompt=PROMPTS[:2], negative_prompt=["the sun", "the sun"], num_inference_steps=STEPS,
+                  guidance_scale=4.0, latents=latents.clone(), output_type="latent").images  # fmt: skip
+    sigmas = pipe.scheduler.sigmas.double()
+    mine = ours(folder, "euler", sigmas, start(pipe, "euler", latents), 4.0, negative="the sun")
+    torch.testing.assert_close(mine, theirs, rtol=0, atol=5e-6 * float(theirs.abs().max()))
+    empty = ours(folder, "euler", sigmas, start(pipe, "euler", latents), 4.0)
+    assert (empty - theirs).abs().max() > 1e-2 * theirs.abs().max()
 
 
 def _oracle_hooks(unet: torch.nn.Module, coefs: list[float]) -> list:
