@@ -4,62 +4,22 @@ worker trial, `best`, `sample --tuned` (the study's prompts and guidance) writin
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from PIL import Image
-from tiny_pipelines import PROMPTS, make_pipeline_folder
+from tiny_pipelines import make_cli_assets, make_pipeline_folder
 
 from skiptune.cli import main
 
 
-class _RGBFeatures(torch.nn.Module):
-    """4x4 average pooling of 16x16 RGB [0, 1] pixels through a fixed random 48 -> 6 linear map."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.feature_dim = 6
-        self.input_channels = 3
-        self.proj = torch.nn.Linear(48, 6, bias=False)
-        with torch.no_grad():
-            self.proj.weight.copy_(torch.randn(6, 48, generator=torch.Generator().manual_seed(5)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(torch.nn.functional.avg_pool2d(x.float() / 255.0, 4).flatten(1))
-
-
-def _assets(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
-    from skiptune.objectives.features import create_extractor
-    from skiptune.objectives.reference import ReferenceStats, save_reference
-
-    folder = make_pipeline_folder(tmp_path / "tiny-sd")
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS) + "\n")
-    extractor = tmp_path / "features.pt"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(torch.jit.script(_RGBFeatures()), str(extractor))
-    ext = create_extractor(f"torchscript:{extractor}")
-    images = torch.randint(
-        0, 256, (64, 3, 16, 16), generator=torch.Generator().manual_seed(1), dtype=torch.uint8
-    )
-    feats = ext(images).double().numpy()
-    reference = tmp_path / "reference.npz"
-    stats = ReferenceStats(mu=feats.mean(0), sigma=np.cov(feats, rowvar=False), count=64, resolution=16,
-                           extractor=ext.name, channels=3)  # fmt: skip
-    save_reference(stats, reference)
-    return folder, prompts, extractor, reference
-
-
 def test_study_worker_best_sample_on_a_text_to_image_pipeline(tmp_path: Path, capsys) -> None:
-    folder, prompts, extractor, reference = _assets(tmp_path)
+    folder, prompts, extractor, reference = make_cli_assets(tmp_path)
     storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
     create = ["study", "create", "--model", str(folder), "--prompts", str(prompts), "--guidance", "3",
               "--sampler", "euler", "--nfe", "3", "--extractor", f"torchscript:{extractor}",
@@ -72,10 +32,10 @@ def test_study_worker_best_sample_on_a_text_to_image_pipeline(tmp_path: Path, ca
     assert main([*create[:7], "4", *create[8:]]) == 0
     names = {r["name"] for r in json.loads(capsys.readouterr().out)} | {created[0]["name"]}
     assert len(names) == 2
-    worker = ["worker", "--model", str(folder), "--device", "cpu", "--batch-size", "4", "--max-trials", "2",
+    worker = ["worker", "--model", str(folder), "--device", "cpu", "--batch-size", "4", "--max-trials", "4",
               "--storage", storage]  # fmt: skip
     assert main(worker) == 0
-    assert "2 complete" in capsys.readouterr().out
+    assert "4 complete" in capsys.readouterr().out  # both studies, their whole budgets
     study = created[0]["name"]
     assert main(["best", "--model", "tiny-sd", "--nfe", "3", "--sampler", "euler", "--study", study,
                  "--storage", storage, "--json"]) == 0  # fmt: skip

@@ -99,3 +99,46 @@ def load_pipeline(root: Path, scheduler: str = "euler") -> Any:
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+class _RGBFeatures(torch.nn.Module):
+    """4x4 average pooling of 16x16 RGB [0, 1] pixels through a fixed random 48 -> 6 linear map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.feature_dim = 6
+        self.input_channels = 3
+        self.proj = torch.nn.Linear(48, 6, bias=False)
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.randn(6, 48, generator=torch.Generator().manual_seed(5)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(torch.nn.functional.avg_pool2d(x.float() / 255.0, 4).flatten(1))
+
+
+def make_cli_assets(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """A tiny SD folder, a prompts file, a TorchScript extractor of 16x16 RGB images, reference stats."""
+    import warnings
+
+    import numpy as np
+
+    from skiptune.objectives.features import create_extractor
+    from skiptune.objectives.reference import ReferenceStats, save_reference
+
+    folder = make_pipeline_folder(tmp_path / "tiny-sd")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    extractor = tmp_path / "features.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(_RGBFeatures()), str(extractor))
+    ext = create_extractor(f"torchscript:{extractor}")
+    images = torch.randint(
+        0, 256, (64, 3, 16, 16), generator=torch.Generator().manual_seed(1), dtype=torch.uint8
+    )
+    feats = ext(images).double().numpy()
+    reference = tmp_path / "reference.npz"
+    stats = ReferenceStats(mu=feats.mean(0), sigma=np.cov(feats, rowvar=False), count=64, resolution=16,
+                           extractor=ext.name, channels=3)  # fmt: skip
+    save_reference(stats, reference)
+    return folder, prompts, extractor, reference
