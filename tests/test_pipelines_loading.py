@@ -290,3 +290,15 @@ def test_edm2_latent_model_file_refusals(tmp_path: Path) -> None:
     path.write_text(json.dumps({"format": "other"}))
     with pytest.raises(SkiptuneError, match="expected a latent model file"):
         load_model(path)
+
+
+def test_sigma_to_timestep_inverts_diffusers_euler_interpolation(folder: Path) -> None:
+    from skiptune.nets.pipelines.denoiser import sigma_to_timestep
+
+    table = load_model(folder).net.sigma_table
+    t = torch.tensor([0.0, 1.0, 17.25, 500.5, 998.75, 999.0], dtype=torch.float64)
+    # diffusers' EulerDiscreteScheduler: sigma(t) = np.interp(t, arange(T), sigmas)
+    sigma = torch.from_numpy(np.interp(t.numpy(), np.arange(len(table)), table.numpy()))
+    torch.testing.assert_close(sigma_to_timestep(sigma, table).double(), t, rtol=0, atol=1e-4)
+    outside = sigma_to_timestep(torch.tensor([1e-4, 1e3]), table)
+    assert outside.tolist() == [0.0, float(len(table) - 1)]  # clamped to the trained range

@@ -34,8 +34,9 @@ def vp_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
 
 
 def sigma_to_timestep(sigma: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Fractional timesteps (float32) whose linearly interpolated table sigma is ``sigma`` (clamped)."""
-    s = sigma.to(torch.float64).clamp(float(table[0]), float(table[-1]))
+    """Fractional timesteps (float32) whose linearly interpolated table sigma is ``sigma`` (clamped).
+    No host sync (the fast path compiles it): the clamp reads the table's ends as tensors."""
+    s = torch.maximum(torch.minimum(sigma.to(torch.float64), table[-1]), table[0])
     idx = torch.searchsorted(table, s).clamp(1, table.numel() - 1)
     lo, hi = table[idx - 1], table[idx]
     return (idx - 1 + (s - lo) / (hi - lo)).to(torch.float32)
