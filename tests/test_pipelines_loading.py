@@ -302,3 +302,28 @@ def test_sigma_to_timestep_inverts_diffusers_euler_interpolation(folder: Path) -
     torch.testing.assert_close(sigma_to_timestep(sigma, table).double(), t, rtol=0, atol=1e-4)
     outside = sigma_to_timestep(torch.tensor([1e-4, 1e3]), table)
     assert outside.tolist() == [0.0, float(len(table) - 1)]  # clamped to the trained range
+
+
+def test_retuning_a_compiled_pipeline_never_recompiles(folder: Path) -> None:
+    from skiptune.nets.fast import prepare_denoiser
+    from skiptune.skips import SkipSchedule, skip_tuning
+
+    compiles = []
+
+    def backend(gm: torch.fx.GraphModule, _inputs: list) -> object:
+        compiles.append(gm)
+        return gm.forward
+
+    net = load_model(folder).net
+    fast = prepare_denoiser(net, precision="fp32", channels_last=False, compile=True, backend=backend)
+    bound = bind_conditioning(fast, Conditioning(tuple(PROMPTS), guidance=2.0), device="cpu")
+    x, sigma = torch.randn(2, 4, 8, 8), torch.tensor([1.0, 3.0])
+    cond = bound.condition_for_seeds([0, 1], device="cpu")  # type: ignore[operator]
+    outs = []
+    with torch.inference_mode():
+        for rho in (1.0, 0.8, 0.6, 1.2):
+            with skip_tuning(bound, SkipSchedule(rho, 1.0)):  # type: ignore[arg-type]
+                outs.append(bound(x, sigma, cond))
+        plain = bound(x, sigma, cond)
+    assert len(compiles) == 1  # the coefficients are buffers read by the hooks, not constants
+    assert (outs[1] - outs[0]).abs().max() > 1e-4 and torch.equal(plain, outs[0])
