@@ -41,6 +41,14 @@ def test_study_worker_best_sample_on_a_text_to_image_pipeline(tmp_path: Path, ca
                  "--storage", storage, "--json"]) == 0  # fmt: skip
     best = json.loads(capsys.readouterr().out)
     assert best["value"] is not None
+    assert main(["eval", "--model", str(folder), "--prompts", str(prompts), "--guidance", "3", "--sampler",
+                 "euler", "--nfe", "3", "--rho", str(best["rho_bottom"]), str(best["rho_top"]),
+                 "--extractor", f"torchscript:{extractor}", "--reference", str(reference), "--n-samples", "6",
+                 "--rungs", "3,6", "--device", "cpu", "--no-progress", "--json"]) == 0  # fmt: skip
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["objective"]["guidance"] == "3.0" and evaluated["objective"]["n_prompts"] == "3"
+    # the same seeds, prompts and guidance as the study's trial of that pair: the same number
+    assert evaluated["results"][-1]["distance"] == pytest.approx(best["value"], rel=1e-6)
     outdir = tmp_path / "images"
     assert main(["sample", "--model", str(folder), "--nfe", "3", "--sampler", "euler", "--tuned",
                  "--study", study, "--seeds", "0-3", "--outdir", str(outdir), "--device", "cpu",
