@@ -327,3 +327,36 @@ def test_retuning_a_compiled_pipeline_never_recompiles(folder: Path) -> None:
         plain = bound(x, sigma, cond)
     assert len(compiles) == 1  # the coefficients are buffers read by the hooks, not constants
     assert (outs[1] - outs[0]).abs().max() > 1e-4 and torch.equal(plain, outs[0])
+
+
+def test_hub_style_folder_vocab_files_and_saved_position_ids(folder: Path, tmp_path: Path) -> None:
+    """The layout of Stable Diffusion folders on the Hub: tokenizer as vocab.json + merges.txt (no
+    tokenizer.json), text encoder weights that still hold CLIP's position_ids buffer, a PNDM scheduler
+    config with its extra keys, and fp16 variant files beside the full ones."""
+    from safetensors.torch import load_file, save_file
+    from tiny_pipelines import tiny_vocab
+
+    copy = _copy(folder, tmp_path)
+    vocab, merges = tiny_vocab()
+    tok = copy / "tokenizer"
+    (tok / "tokenizer.json").unlink()
+    (tok / "vocab.json").write_text(json.dumps(vocab))
+    (tok / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    weights = copy / "text_encoder" / "model.safetensors"
+    state = load_file(str(weights))
+    state["text_model.embeddings.position_ids"] = torch.arange(8).unsqueeze(0)
+    save_file(state, str(weights))
+    unet = copy / "unet" / "diffusion_pytorch_model.safetensors"
+    half = {k: v.half() * 0 for k, v in load_file(str(unet)).items()}  # a variant that must not be read
+    save_file(half, str(unet.with_name("diffusion_pytorch_model.fp16.safetensors")))
+    _edit_json(copy / "scheduler" / "scheduler_config.json", _class_name="PNDMScheduler", skip_prk_steps=True,
+               set_alpha_to_one=False, clip_sample=False)  # fmt: skip
+    theirs, ours = load_model(folder).net, load_model(copy).net
+    torch.testing.assert_close(
+        ours.encode_text(PROMPTS, device="cpu"), theirs.encode_text(PROMPTS, device="cpu")
+    )
+    torch.testing.assert_close(ours.sigma_table, theirs.sigma_table)
+    x, sigma = torch.randn(1, 4, 8, 8), torch.tensor([2.0])
+    cond = theirs.encode_text(PROMPTS[:1], device="cpu")
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(x, sigma, cond), theirs(x, sigma, cond))

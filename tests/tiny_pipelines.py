@@ -12,10 +12,8 @@ import torch
 PROMPTS = ["a cat on a mat", "a dog", "the sun at noon"]
 
 
-def tiny_tokenizer() -> Any:
-    """A CLIP BPE tokenizer over lower-case letters and two merges, 8 tokens long."""
-    from transformers import CLIPTokenizer
-
+def tiny_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A CLIP BPE vocabulary over lower-case letters and two merges."""
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for suffix in ("", "</w>"):
         for c in string.ascii_lowercase:
@@ -23,6 +21,14 @@ def tiny_tokenizer() -> Any:
     merges = [("a", "t</w>"), ("o", "n</w>")]
     for a, b in merges:
         vocab[a + b] = len(vocab)
+    return vocab, merges
+
+
+def tiny_tokenizer() -> Any:
+    """A CLIP tokenizer of :func:`tiny_vocab`, 8 tokens long."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = tiny_vocab()
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=8)
 
 

@@ -60,7 +60,7 @@ def load_text_encoder(root: Path) -> tuple[TextEncoder, dict[str, Any]]:
             f"{root / 'text_encoder' / 'config.json'}: model_type {config.get('model_type')!r}, expected "
             "clip_text_model (CLIPTextModel)"
         )
-    model = transformers.CLIPTextModel(transformers.CLIPTextConfig(**config))
+    model = transformers.CLIPTextModel(transformers.CLIPTextConfig.from_dict(config))
     load_state(model, read_safetensors(root / "text_encoder", "model"), source=root / "text_encoder",
                ignore_unexpected=("position_ids",))  # fmt: skip
     tokenizer_dir = root / "tokenizer"
