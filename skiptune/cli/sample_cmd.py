@@ -35,7 +35,7 @@ examples:
   skiptune sample --model demo --nfe 9 --rho 0.8 1.0 --out tuned.png
   skiptune sample --model demo --nfe 9 --tuned --storage sqlite:///skiptune.db --out best.png
   skiptune sample --model edm.pkl --nfe 35 --sampler heun --seeds 0-999 --outdir images/ --device cuda
-  skiptune sample --model ./stable-diffusion-v1-5 --prompts prompts.txt --guidance 7.5 --sampler dpmpp_2m \
+  skiptune sample --model ./stable-diffusion-v1-5 --prompts prompts.txt --guidance 7.5 --sampler dpmpp_2m \\
       --nfe 20 --seeds 0-7 --out sd.png
   skiptune sample --model ./stable-diffusion-v1-5 --sampler dpmpp_2m --nfe 20 --tuned --out sd-tuned.png
 

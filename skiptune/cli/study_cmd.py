@@ -48,8 +48,8 @@ examples:
       --reference refs/fmnist-train.npz --n-samples 10000 --rungs 2000,10000 --trials 30
   skiptune study create --model edm-cifar10 --sampler heun --nfe 9 --extractor inception-v3 \\
       --reference cifar10-32x32.npz --search gp --storage postgresql://user:pw@db/skiptune
-  skiptune study create --model ./stable-diffusion-v1-5 --prompts prompts.txt --guidance 7.5 \
-      --sampler dpmpp_2m --nfe 10,20 --extractor inception-v3 --reference coco-512.npz --n-samples 5000
+  skiptune study create --model ./stable-diffusion-v1-5 --prompts prompts.txt --guidance 7.5 \\
+      --sampler dpmpp_2m --nfe 10,20 --extractor inception-v3-compat --reference coco-512.npz --n-samples 5000
   skiptune study list --model demo
 
 Text-conditional models (Stable Diffusion pipeline folders) need --prompts: sample i is conditioned on
