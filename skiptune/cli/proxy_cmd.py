@@ -3,35 +3,61 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import threading
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import optuna
 
 from skiptune.cli.common import add_storage, storage_url
 from skiptune.errors import SkiptuneError
-from skiptune.storage import mask_url, open_storage
+from skiptune.storage import is_proxy_url, mask_url, open_storage
+from skiptune.storage.proxy_client import TOKEN_ENV
+
+if TYPE_CHECKING:
+    from skiptune.storage.proxy_server import ProxySecurity
 
 HELP = "run Optuna's gRPC storage proxy in front of a database (needs the `grpc` extra)"
-DESCRIPTION = """Workers then use --storage grpc://HOST:PORT. The proxy caches trials and spares the
-database one connection per worker. Heartbeats are not forwarded by Optuna's proxy: workers that
-need dead-trial detection should connect to the database directly.
+DESCRIPTION = """The proxy spares the database one connection per worker. It listens on 127.0.0.1
+unless told otherwise; on any other address it requires TLS (--tls-cert, --tls-key) and a shared
+token (--token-file or $SKIPTUNE_PROXY_TOKEN, never printed), and workers use
+--storage grpcs://HOST:PORT with $SKIPTUNE_PROXY_TOKEN and $SKIPTUNE_PROXY_CA (the CA's PEM file).
+Workers behind the proxy keep their guarantees: a trial whose worker dies or freezes past --grace is
+re-run once (its heartbeat is a counter the proxy carries).
 
 examples:
-  skiptune proxy --storage postgresql://user:pw@db/skiptune --host 0.0.0.0 --port 13000
-  skiptune worker --model demo --storage grpc://proxyhost:13000
+  skiptune proxy --storage postgresql://user:pw@db/skiptune                  # 127.0.0.1:13000
+  skiptune worker --model demo --storage grpc://127.0.0.1:13000
+  SKIPTUNE_PROXY_TOKEN=$(cat token) skiptune proxy --storage postgresql://user:pw@db/skiptune \
+      --host 0.0.0.0 --tls-cert proxy.crt --tls-key proxy.key
+  SKIPTUNE_PROXY_TOKEN=$(cat token) SKIPTUNE_PROXY_CA=ca.crt skiptune worker --model demo \
+      --storage grpcs://proxy-host:13000
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_storage(parser)
-    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
+    parser.add_argument(
+        "--host", default="127.0.0.1",
+        help="address to listen on; any but loopback needs TLS and a token (default: %(default)s)",
+    )  # fmt: skip
     parser.add_argument("--port", type=int, default=13000, help="port to listen on (default: %(default)s)")
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain of the proxy (turns TLS on)")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--token-file", type=Path,
+        help=f"file holding the shared token workers must send (default: ${TOKEN_ENV})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, default=16,
+        help="calls served at once, and database connections kept (default: %(default)s)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,21 +69,78 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     if not 1 <= args.port <= 65535:  # gRPC would bind a port of its own choosing and claim this one
         raise SkiptuneError(f"bad --port {args.port}: expected a port number from 1 to 65535, e.g. 13000")
+    if not 1 <= args.threads <= 1024:
+        raise SkiptuneError(f"bad --threads {args.threads}: expected 1 to 1024, e.g. 16")
     url = storage_url(args)
-    if url.startswith("grpc://"):
+    if is_proxy_url(url):
         raise SkiptuneError(f"--storage {url!r} is itself a proxy; pass the database URL behind it")
-    storage = open_storage(url)
+    security = _security(args)
+    storage = open_storage(url, pool_size=args.threads)
     _check_port_free(args.host, args.port)
-    print(f"serving {mask_url(url)} on {args.host}:{args.port} (Ctrl-C to stop)", flush=True)
+    from skiptune.storage.proxy_server import build_server
+
     # Optuna advises its cached wrapper in front of an RDB storage for the proxy (fewer queries).
     cached = optuna.storages.get_storage(storage)
+    server = build_server(cached, host=args.host, port=args.port, security=security, threads=args.threads)
+    server.start()
+    mode = "TLS, token required" if security.token else "TLS" if security.tls else "plain text, loopback only"
+    print(f"serving {mask_url(url)} on {args.host}:{args.port} ({mode}; Ctrl-C to stop)", flush=True)
     try:
-        with _sigterm_raises(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # printed on every start
-            optuna.storages.run_grpc_proxy_server(cached, host=args.host, port=args.port)
+        with _sigterm_raises():
+            server.wait_for_termination()
     except _Terminated:
+        server.stop(grace=5).wait()
         print("proxy stopped (SIGTERM)", flush=True)
+    except KeyboardInterrupt:
+        server.stop(grace=5).wait()
+        print("proxy stopped (Ctrl-C)", flush=True)
     return 0
+
+
+def _security(args: argparse.Namespace) -> ProxySecurity:
+    """TLS material and token from the flags and environment; refuses an exposed proxy without them."""
+    from skiptune.storage.proxy_server import ProxySecurity, is_loopback
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SkiptuneError("--tls-cert and --tls-key go together: pass both PEM files, or neither")
+    cert = _read(args.tls_cert, "--tls-cert") if args.tls_cert else None
+    key = _read(args.tls_key, "--tls-key") if args.tls_key else None
+    token = _token(args.token_file)
+    if token is not None and cert is None:
+        raise SkiptuneError(
+            "a proxy token needs TLS (anyone on the path could read it in plain text): pass "
+            "--tls-cert and --tls-key too"
+        )
+    if not is_loopback(args.host) and (cert is None or token is None):
+        needs = (("--tls-cert/--tls-key", cert is None), (f"a token (${TOKEN_ENV})", token is None))
+        missing = " and ".join(m for m, absent in needs if absent)
+        raise SkiptuneError(
+            f"--host {args.host} is reachable from other machines: the proxy needs {missing} there, or "
+            "listen on 127.0.0.1 (the default); see docs/distributed.md"
+        )
+    return ProxySecurity(cert_chain=cert, private_key=key, token=token)
+
+
+def _read(path: Path, flag: str) -> bytes:
+    try:
+        data = path.expanduser().read_bytes()
+    except OSError as exc:
+        raise SkiptuneError(f"cannot read {flag} {str(path)!r} ({exc.strerror}); pass a PEM file") from None
+    if b"-----BEGIN" not in data:
+        raise SkiptuneError(f"{flag} {str(path)!r} is not a PEM file (no -----BEGIN line)")
+    return data
+
+
+def _token(path: Path | None) -> str | None:
+    if path is None:
+        return os.environ.get(TOKEN_ENV) or None
+    try:
+        token = path.expanduser().read_text().strip()
+    except OSError as exc:
+        raise SkiptuneError(f"cannot read --token-file {str(path)!r} ({exc.strerror})") from None
+    if not token:
+        raise SkiptuneError(f"--token-file {str(path)!r} is empty: write the shared token into it")
+    return token
 
 
 def _check_port_free(host: str, port: int) -> None:
