@@ -246,8 +246,10 @@ def _open_grpc(
     except grpc.RpcError as exc:
         code = exc.code()
         if code == grpc.StatusCode.UNAUTHENTICATED:
-            have = f"${TOKEN_ENV} is set but is not the proxy's token" if os.environ.get(TOKEN_ENV) else (
-                f"${TOKEN_ENV} is not set"
+            have = (
+                f"${TOKEN_ENV} is set but is not the proxy's token"
+                if os.environ.get(TOKEN_ENV)
+                else (f"${TOKEN_ENV} is not set")
             )
             raise SkiptuneError(
                 f"the gRPC storage proxy at {url!r} refused this process: {have}; set {TOKEN_ENV} to the "
