@@ -77,6 +77,7 @@ def test_beat_counter_through_the_proxy_marks_a_silent_trial_stale(tmp_path: Pat
             proxy.process.kill()
 
 
+@pytest.mark.slow
 def test_fleet_behind_the_proxy_rides_out_kill_freeze_and_proxy_restart(
     search_assets: SearchAssets, tmp_path: Path
 ) -> None:
@@ -111,7 +112,7 @@ def test_fleet_behind_the_proxy_rides_out_kill_freeze_and_proxy_restart(
             proxy.process.kill()
     texts = [log.read_text() for log in logs]
     assert codes == [0] * 4, [t[-2000:] for t, c in zip(texts[1:], codes, strict=True) if c]
-    assert not any("Traceback" in t for t in texts + [plog.read_text()]), "\n".join(texts)[-4000:]
+    assert not any("Traceback" in t for t in [*texts, plog.read_text()]), "\n".join(texts)[-4000:]
     assert any("database unreachable" in t for t in texts[2:])  # the proxy's restart was ridden out
     assert "dropping it" in texts[1]  # the frozen worker woke to find its trial re-run elsewhere
     _check_fleet(db_url, budget, [killed, frozen])
