@@ -509,7 +509,7 @@ def test_worker_started_while_postgres_is_down_waits(
     log = tmp_path / "w.log"
     worker = search_assets.worker(url, log, extra=("--db-timeout", "90"))
     try:
-        _wait_for(lambda: "database unreachable" in log.read_text(), "the worker to wait for the database", 60)
+        _wait_for(lambda: "database unreachable" in log.read_text(), "the worker to wait", 60)
         time.sleep(2)
         assert worker.poll() is None, log.read_text()  # still waiting, not exited 2
         pg.start()
