@@ -53,7 +53,7 @@ def _fault_worker(index: int, url: str, args: argparse.Namespace, workdir: str) 
     import logging
 
     from skiptune.errors import SkiptuneError
-    from skiptune.search.worker import run_worker
+    from skiptune.search.worker.loop import run_worker
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

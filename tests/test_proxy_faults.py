@@ -24,7 +24,7 @@ from test_grpc_proxy import Proxy, _free_port, _proxy_command
 
 from skiptune.cli import main as cli
 from skiptune.search import records as rec
-from skiptune.search.stale import StaleSweep
+from skiptune.search.worker.stale import StaleSweep
 from skiptune.storage import open_storage
 
 if TYPE_CHECKING:

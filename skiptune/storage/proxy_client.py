@@ -9,7 +9,7 @@ only, never from the URL, so it shows neither in ``ps`` nor in logs.
 
 Liveness: Optuna's heartbeat table is not reachable through its proxy, so a trial's heartbeat is a
 trial system attribute (``skiptune_beat``) that the worker's heartbeat thread rewrites with a
-growing counter. Readers never compare it with a clock: the stale sweep (``search/stale.py``) counts a
+growing counter. Readers never compare it with a clock: the stale sweep (``search/worker/stale.py``) counts a
 RUNNING trial dead when *it* has seen the counter unchanged for longer than the grace period, so the
 workers' and the proxy's clocks may disagree.
 """
