@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 import optuna
 import pytest
 from optuna.trial import FrozenTrial, TrialState
-from test_faults import _catch, _check_fleet, _finished, _state_of, _wait_for
+from test_faults import ThrowawayPostgres, _catch, _check_fleet, _finished, _state_of, _wait_for
+from test_faults import throwaway_postgres as throwaway_postgres  # the fixture
 from test_grpc_proxy import Proxy, _free_port, _proxy_command
 
 from skiptune.cli import main as cli
@@ -144,3 +145,37 @@ def test_worker_started_before_the_proxy_waits_for_it(search_assets: SearchAsset
         if worker.poll() is None:
             worker.kill()
     assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.slow
+def test_fleet_behind_the_proxy_rides_out_a_database_outage(
+    search_assets: SearchAssets, throwaway_postgres: ThrowawayPostgres, tmp_path: Path
+) -> None:
+    """The database behind the proxy goes away for 10 s (20 s in scripts/host_proxy.sh): the proxy stays
+    up and answers UNAVAILABLE, the workers wait, and the work finishes exactly once."""
+    pg, db_url, budget = throwaway_postgres, throwaway_postgres.url, 3
+    args = search_assets.study_args(nfes="2,3", trials=budget, storage=db_url, n_samples=32, rungs="16,32")
+    assert cli([*args, "--validate-samples", "32", "--validate-blocks", "4", "--growth-trials", "0"]) == 0
+    plog = tmp_path / "proxy.log"
+    proxy = _start_proxy(db_url, _free_port(), plog)
+    logs = [tmp_path / f"w{i}.log" for i in range(2)]
+    workers = [search_assets.worker(proxy.url, log, batch_size=2, extra=RIDE_OUT) for log in logs]
+    try:
+        _wait_for(lambda: _finished(db_url) >= 1, "a first finished trial")
+        pg.stop()
+        time.sleep(10)
+        pg.start()
+        codes = [w.wait(timeout=300) for w in workers]
+        assert proxy.process.poll() is None  # the proxy rode it out too
+        assert proxy.terminate() == 0
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+        if proxy.process.poll() is None:
+            proxy.process.kill()
+    texts = [log.read_text() for log in logs]
+    assert codes == [0, 0], [t[-2000:] for t in texts]
+    assert not any("Traceback" in t for t in [*texts, plog.read_text()]), "\n".join(texts)[-4000:]
+    assert any("database unreachable (the proxy's database" in t for t in texts), texts
+    _check_fleet(db_url, budget, [])
