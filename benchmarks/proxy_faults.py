@@ -151,7 +151,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     )  # fmt: skip
     db = Database(args.storage, workdir)
     events: list[str] = []
-    report: dict[str, Any] = {"workers": args.workers, "budget_per_study": trials, "studies": args.studies}
+    report: dict[str, Any] = {
+        "workers": args.workers, "budget_per_study": trials, "studies": args.studies,
+        "proxy_processes": args.proxy_processes, "outage_s": args.outage, "duration_s": args.duration,
+    }  # fmt: skip
     t0 = time.monotonic()
 
     def note(what: str) -> None:
@@ -160,7 +163,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
     try:
         _create_studies(db.url, config)
-        proxy = ProxyProcess(db.url, workdir, threads=args.proxy_threads)
+        proxy = ProxyProcess(db.url, workdir, threads=args.proxy_threads, processes=args.proxy_processes)
         proxy.start()
         ctx = multiprocessing.get_context("fork")
         procs = {}
@@ -281,6 +284,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--db-timeout", type=float, default=180.0)
     p.add_argument("--proxy-down", type=float, default=5.0, help="seconds the proxy stays stopped")
     p.add_argument("--proxy-threads", type=int, default=16)
+    p.add_argument("--proxy-processes", type=int, default=1)
     p.add_argument("--outage", type=float, default=20.0, help="seconds the database stays stopped")
     p.add_argument("--pg-stop", default=None, help="shell command that stops the database server")
     p.add_argument("--pg-start", default=None, help="shell command that starts it again")

@@ -88,6 +88,7 @@ class RunConfig:
     jitter: float = 0.0  # each trial lasts duration x U(1 - jitter, 1 + jitter): the mean stays duration
     via_proxy: bool = False  # workers reach the database through a `skiptune proxy` subprocess
     proxy_threads: int = 16
+    proxy_processes: int = 1
 
 
 # ------------------------------------------------------------------ inside a worker process
@@ -413,7 +414,7 @@ class RunResult:
 
 def backend_name(config: RunConfig) -> str:
     backend = "sqlite" if config.storage == "sqlite" else "postgresql"
-    return f"{backend}+proxy" if config.via_proxy else backend
+    return f"{backend}+proxy x{config.proxy_processes}" if config.via_proxy else backend
 
 
 def run_once(config: RunConfig) -> RunResult:
@@ -426,7 +427,9 @@ def run_once(config: RunConfig) -> RunResult:
     try:
         _create_studies(db.url, config)
         if config.via_proxy:
-            with ProxyProcess(db.url, Path(config.workdir), threads=config.proxy_threads) as proxy:
+            with ProxyProcess(
+                db.url, Path(config.workdir), threads=config.proxy_threads, processes=config.proxy_processes
+            ) as proxy:
                 _run_workers(db, config, result, url=proxy.url)
                 result._proxy_cpu_s = proxy.cpu_s()
         else:
@@ -440,8 +443,10 @@ def run_once(config: RunConfig) -> RunResult:
 class ProxyProcess:
     """``skiptune proxy`` on 127.0.0.1 in front of ``db_url`` (a free port), stopped with SIGTERM."""
 
-    def __init__(self, db_url: str, workdir: Path, *, threads: int = 16, port: int | None = None) -> None:
-        self.db_url, self.workdir, self.threads = db_url, workdir, threads
+    def __init__(
+        self, db_url: str, workdir: Path, *, threads: int = 16, processes: int = 1, port: int | None = None
+    ) -> None:
+        self.db_url, self.workdir, self.threads, self.processes = db_url, workdir, threads, processes
         self.port = port or _free_port()
         self.url = f"grpc://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -450,7 +455,7 @@ class ProxyProcess:
     def start(self) -> None:
         command = [
             sys.executable, "-m", "skiptune", "proxy", "--storage", self.db_url, "--port", str(self.port),
-            "--threads", str(self.threads),
+            "--threads", str(self.threads), "--processes", str(self.processes),
         ]  # fmt: skip
         with (self.workdir / "proxy.log").open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -459,7 +464,8 @@ class ProxyProcess:
             if self.process.poll() is not None:
                 raise SystemExit(f"skiptune proxy exited {self.process.returncode}: {self.log()[-500:]}")
             if "serving" in self.log():
-                self._cpu_at_start = _cpu_seconds(self.process.pid) or 0.0
+                time.sleep(1.0)  # its server processes bind
+                self._cpu_at_start = _tree_cpu_seconds(self.process.pid)
                 return
             time.sleep(0.2)
         raise SystemExit(f"skiptune proxy did not start in 60 s: {self.log()[-500:]}")
@@ -471,8 +477,7 @@ class ProxyProcess:
     def cpu_s(self) -> float | None:
         if self.process is None:
             return None
-        now = _cpu_seconds(self.process.pid)
-        return None if now is None else now - self._cpu_at_start
+        return _tree_cpu_seconds(self.process.pid) - self._cpu_at_start
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -489,6 +494,18 @@ class ProxyProcess:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its children (the proxy's server processes)."""
+    total = _cpu_seconds(pid) or 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                total += _cpu_seconds(int(stat.parent.name)) or 0.0
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
 
 
 def _free_port() -> int:
@@ -736,6 +753,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
     p.add_argument("--via-proxy", action="store_true", help="workers reach the database via `skiptune proxy`")
     p.add_argument("--proxy-threads", type=int, default=16, help="the proxy's --threads (default: 16)")
+    p.add_argument("--proxy-processes", type=int, default=1, help="the proxy's --processes (default: 1)")
     p.add_argument(
         "--jitter", type=float, default=0.0, help="trial length varies by +-this fraction (default: 0, fixed)"
     )
@@ -764,7 +782,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.storage, n, duration, trials, args.studies, args.heartbeat, args.grace,
                     args.start_method, args.timeout, workdir,
                     str(args.profile) if args.profile else None, args.jitter, args.via_proxy,
-                    args.proxy_threads,
+                    args.proxy_threads, args.proxy_processes,
                 )  # fmt: skip
                 reason = _memory_guard(n, pss, args.max_memory_gib) or _connection_guard(
                     args.storage, args.proxy_threads + 5 if args.via_proxy else n, per_worker

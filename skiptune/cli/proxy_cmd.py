@@ -56,7 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--threads", type=int, default=16,
-        help="calls served at once, and database connections kept (default: %(default)s)",
+        help="calls served at once per process, and database connections kept (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--processes", type=int, default=1,
+        help="server processes on the port, a core each: more for hundreds of workers (default: %(default)s)",
     )  # fmt: skip
 
 
@@ -74,27 +78,90 @@ def run(args: argparse.Namespace) -> int:
     url = storage_url(args)
     if is_proxy_url(url):
         raise SkiptuneError(f"--storage {url!r} is itself a proxy; pass the database URL behind it")
+    if not 1 <= args.processes <= 64:
+        raise SkiptuneError(f"bad --processes {args.processes}: expected 1 to 64, e.g. 4")
     security = _security(args)
-    storage = open_storage(url, pool_size=args.threads)
+    storage = open_storage(url, pool_size=args.threads)  # checks the database and creates its tables
     _check_port_free(args.host, args.port)
+    mode = "TLS, token required" if security.token else "TLS" if security.tls else "plain text, loopback only"
+    announce = (
+        f"serving {mask_url(url)} on {args.host}:{args.port} ({mode}; {args.processes} process(es) x "
+        f"{args.threads} threads; Ctrl-C to stop)"
+    )
+    if args.processes == 1:
+        return _serve(storage, args, security, announce=announce)
+    _dispose(storage)  # each process opens its own connections, after the fork
+    return _serve_many(url, args, security, announce=announce)
+
+
+def _serve(
+    storage: optuna.storages.BaseStorage, args: argparse.Namespace, security: ProxySecurity, *, announce: str
+) -> int:
     from skiptune.storage.proxy_server import build_server
 
     # Optuna advises its cached wrapper in front of an RDB storage for the proxy (fewer queries).
     cached = optuna.storages.get_storage(storage)
     server = build_server(cached, host=args.host, port=args.port, security=security, threads=args.threads)
     server.start()
-    mode = "TLS, token required" if security.token else "TLS" if security.tls else "plain text, loopback only"
-    print(f"serving {mask_url(url)} on {args.host}:{args.port} ({mode}; Ctrl-C to stop)", flush=True)
+    if announce:
+        print(announce, flush=True)
     try:
         with _sigterm_raises():
             server.wait_for_termination()
     except _Terminated:
         server.stop(grace=5).wait()
-        print("proxy stopped (SIGTERM)", flush=True)
+        if announce:
+            print("proxy stopped (SIGTERM)", flush=True)
     except KeyboardInterrupt:
         server.stop(grace=5).wait()
-        print("proxy stopped (Ctrl-C)", flush=True)
+        if announce:
+            print("proxy stopped (Ctrl-C)", flush=True)
     return 0
+
+
+def _serve_many(url: str, args: argparse.Namespace, security: ProxySecurity, *, announce: str) -> int:
+    """``--processes`` servers on one port (gRPC binds with SO_REUSEPORT: the kernel spreads the
+    workers' connections over them). One Python process serves calls on one core at a time (its GIL);
+    each process has its own connections and Optuna's cache, which reads every unfinished trial
+    afresh (as every worker's own cache does), so they agree with each other."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")  # before any gRPC server exists, as gRPC requires
+    children = [
+        ctx.Process(target=_child, args=(url, args, security, i), name=f"skiptune-proxy-{i}", daemon=True)
+        for i in range(args.processes)
+    ]
+    for child in children:
+        child.start()
+    print(announce, flush=True)
+    try:
+        with _sigterm_raises():
+            for child in children:
+                child.join()
+    except (_Terminated, KeyboardInterrupt) as stop:
+        for child in children:
+            if child.is_alive() and child.pid is not None:
+                os.kill(child.pid, signal.SIGTERM)
+        for child in children:
+            child.join(10)
+        print(f"proxy stopped ({'SIGTERM' if isinstance(stop, _Terminated) else 'Ctrl-C'})", flush=True)
+        return 0
+    failed = [c.name for c in children if c.exitcode != 0]
+    if failed:
+        raise SkiptuneError(f"proxy processes {', '.join(failed)} exited with an error; see the log above")
+    return 0
+
+
+def _child(url: str, args: argparse.Namespace, security: ProxySecurity, index: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops its children with SIGTERM
+    storage = open_storage(url, pool_size=args.threads)
+    _serve(storage, args, security, announce="")
+
+
+def _dispose(storage: optuna.storages.BaseStorage) -> None:
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        engine.dispose()
 
 
 def _security(args: argparse.Namespace) -> ProxySecurity:
