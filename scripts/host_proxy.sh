@@ -3,18 +3,20 @@
 #
 #   scripts/host_proxy.sh OUTDIR
 #
-# 1. benchmarks/proxy_faults.py: FAULT_WORKERS (64) workers behind the proxy; SIGKILLs, a frozen worker,
-#    the proxy restarted, the database stopped for OUTAGE (20) s -> OUTDIR/faults.json (lost, duplicates,
-#    budget exact, exit codes).
-# 2. benchmarks/service_scaling.py --via-proxy at WORKERS (64,128,256), 5 s stand-in -> OUTDIR/proxy.json
-# 3. the same on PostgreSQL directly -> OUTDIR/direct.json
+# PART=faults (about 3 min): benchmarks/proxy_faults.py: FAULT_WORKERS (64) workers behind the proxy
+#    (PROXY_PROCESSES server processes, 4); 4 SIGKILLed, 1 frozen past --grace, the proxy restarted, the
+#    database stopped for OUTAGE (20) s -> OUTDIR/faults.json (lost, duplicates, budget exact, exit codes).
+# PART=scaling (about 7 min): benchmarks/service_scaling.py --via-proxy at WORKERS (64,128,256), 5 s
+#    stand-in -> OUTDIR/proxy.json; one proxy process at the first count -> OUTDIR/proxy1.json; the same
+#    counts on PostgreSQL directly -> OUTDIR/direct.json.
+# PART=all (default): both, about 10 min (a device call lasts 10 min at most: run the parts as two calls).
 # All against a throwaway PostgreSQL of its own, as scripts/host_scaling.sh (binaries: $PG_BIN, else a
 # `pgserver` wheel in .pg/, else `pg_config --bindir`; as root the server runs as user nobody).
 # grpcio: installed from a wheel in .pg/ when the interpreter lacks it
 # (`pip download --no-deps --only-binary=:all: -d .pg grpcio==1.85.4`).
-# About 8 minutes with the defaults on 16 cores (each step is cut off by `timeout`, what it measured
-# so far is kept). Env (defaults): FAULT_WORKERS (64), WORKERS (64,128,256), ROUNDS (4), FAULT_ROUNDS
-# (6), OUTAGE (20), PORT (54329), MAX_CONNECTIONS (600), STEP_S (faults 200, each scaling series 150).
+# Each step is cut off by `timeout` (what it measured so far is kept). Env (defaults): PART (all),
+# FAULT_WORKERS (64), WORKERS (64,128,256), ROUNDS (4), FAULT_ROUNDS (6), OUTAGE (20), PROXY_PROCESSES
+# (4), PORT (54329), MAX_CONNECTIONS (600), FAULT_STEP_S (240), STEP_S (240 per scaling series).
 set -uo pipefail
 OUTDIR=${1:?usage: scripts/host_proxy.sh OUTDIR}
 mkdir -p "$OUTDIR"
@@ -55,15 +57,26 @@ trap stop EXIT
 URL="postgresql+psycopg://postgres@127.0.0.1:$PORT/postgres"
 
 rc=0
-timeout -s INT "${FAULT_STEP_S:-200}" "$PY" benchmarks/proxy_faults.py --storage "$URL" \
-    --workers "${FAULT_WORKERS:-64}" --rounds "${FAULT_ROUNDS:-6}" --outage "${OUTAGE:-20}" \
-    --pg-stop "$PG_STOP" --pg-start "$PG_START" --out "$OUTDIR/faults.json" 2>&1 | tee "$OUTDIR/faults.log"
-[ "${PIPESTATUS[0]}" = 0 ] || rc=1
-for mode in proxy direct; do
-    flag=(); [ "$mode" = proxy ] && flag=(--via-proxy)
-    timeout -s INT "${STEP_S:-150}" "$PY" benchmarks/service_scaling.py --storage "$URL" "${flag[@]}" \
-        --workers "${WORKERS:-64,128,256}" --duration "${DURATIONS:-5}" --rounds "${ROUNDS:-4}" \
-        --max-memory-gib 60 --out "$OUTDIR/$mode.json" 2>&1 | tee "$OUTDIR/$mode.log"
+PART=${PART:-all}
+if [ "$PART" = all ] || [ "$PART" = faults ]; then
+    timeout -s INT "${FAULT_STEP_S:-240}" "$PY" benchmarks/proxy_faults.py --storage "$URL" \
+        --workers "${FAULT_WORKERS:-64}" --rounds "${FAULT_ROUNDS:-6}" --outage "${OUTAGE:-20}" \
+        --proxy-processes "${PROXY_PROCESSES:-4}" --pg-stop "$PG_STOP" --pg-start "$PG_START" \
+        --out "$OUTDIR/faults.json" 2>&1 | tee "$OUTDIR/faults.log"
     [ "${PIPESTATUS[0]}" = 0 ] || rc=1
-done
+fi
+scaling() {  # $1: label, $2: workers, $3: step limit (s), then service_scaling.py options
+    local label=$1 workers=$2 limit=$3
+    shift 3
+    timeout -s INT "$limit" "$PY" benchmarks/service_scaling.py --storage "$URL" "$@" \
+        --workers "$workers" --duration "${DURATIONS:-5}" --rounds "${ROUNDS:-4}" \
+        --max-memory-gib 60 --out "$OUTDIR/$label.json" 2>&1 | tee "$OUTDIR/$label.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+}
+if [ "$PART" = all ] || [ "$PART" = scaling ]; then
+    W=${WORKERS:-64,128,256}
+    scaling proxy "$W" "${STEP_S:-240}" --via-proxy --proxy-processes "${PROXY_PROCESSES:-4}"
+    scaling proxy1 "${W%%,*}" 90 --via-proxy --proxy-processes 1     # one proxy process, smallest N
+    scaling direct "$W" "${STEP_S:-240}"
+fi
 exit $rc
