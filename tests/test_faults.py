@@ -520,3 +520,13 @@ def test_worker_started_while_postgres_is_down_waits(
     text = log.read_text()
     assert "Traceback" not in text and "database reachable again" in text, text[-3000:]
     assert _finished(url) == 2  # both studies' one trial
+
+
+@pytest.mark.postgres
+def test_worker_start_refused_by_the_server_fails_at_once(postgres_url: str) -> None:
+    """Waiting cures an unreachable server, not a refusal (no such database): one line at once."""
+    url = sqlalchemy.engine.make_url(postgres_url).set(database="skiptune_no_such_db").render_as_string(False)
+    start = time.monotonic()
+    with pytest.raises(SkiptuneError, match='database "skiptune_no_such_db" does not exist'):
+        run_worker(url, model="demo", device="cpu", db_timeout=60)
+    assert time.monotonic() - start < 15

@@ -103,7 +103,7 @@ def open_storage(
             "install it with: pip install 'skiptune[postgres]'"
         ) from None
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
-        if not wait and _unreachable(exc):
+        if not wait and _unreachable(url, exc):
             raise
         raise SkiptuneError(
             f"cannot open storage {mask_url(url)!r}: {_first_line(exc)}; {_advice(url)}"
@@ -120,10 +120,13 @@ _REFUSALS = (
 )  # fmt: skip
 
 
-def _unreachable(exc: BaseException) -> bool:
-    """Whether an error while opening means "not reachable now" (refused, restarting, cut off) rather
-    than a refusal of this user, database or host name, which waiting cannot cure."""
-    if any(w in _first_line(exc).lower() for w in _REFUSALS):
+def _unreachable(url: str, exc: BaseException) -> bool:
+    """Whether an error while opening means "not reachable now" (refused, restarting, cut off, SQLite
+    busy) rather than a refusal of this user, database, host name or file, which waiting cannot cure."""
+    message = _first_line(exc).lower()
+    if url.startswith("sqlite"):
+        return "database is locked" in message
+    if any(w in message for w in _REFUSALS):
         return False
     cause = getattr(exc, "orig", None) or exc.__cause__ or exc
     return isinstance(exc, sqlalchemy.exc.OperationalError) or "OperationalError" in type(cause).__name__

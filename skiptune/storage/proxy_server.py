@@ -73,7 +73,7 @@ def build_server(
     _optuna_api.add_StorageServiceServicer_to_server(
         _optuna_servicer.OptunaStorageProxyService(storage), server
     )
-    address = f"{host}:{port}"
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # an IPv6 address in brackets
     if security.tls:
         assert security.private_key is not None and security.cert_chain is not None
         credentials = grpc.ssl_server_credentials([(security.private_key, security.cert_chain)])
