@@ -247,6 +247,7 @@ def _open_grpc(
     try:
         proxy.wait_server_ready(timeout=GRPC_CONNECT_TIMEOUT_S if wait else 1.0)
     except grpc.RpcError as exc:
+        proxy.close()  # a worker tries again with a new channel: this one must not linger
         code = exc.code()
         if code == grpc.StatusCode.UNAUTHENTICATED:
             have = (
