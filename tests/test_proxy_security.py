@@ -147,12 +147,16 @@ def _non_loopback_address() -> str | None:
         (["--host", "0.0.0.0", "--tls-cert", "C", "--tls-key", "K"], None, "needs a token"),
         (["--tls-cert", "C"], None, "--tls-cert and --tls-key go together"),
         ([], "secret-token-xyz", "a proxy token needs TLS"),
+        (["--tls-cert", "C", "--tls-key", "K", "--token-file", "EMPTY"], None, "is empty"),
+        (["--tls-cert", "K", "--tls-key", "C"], None, "are no certificate and its unencrypted key"),
     ],
 )
 def test_an_exposed_proxy_without_tls_or_token_is_refused(
     tls_files: dict[str, Path], tmp_path: Path, extra: list[str], env_token: str | None, expected: str
 ) -> None:
+    (tmp_path / "empty").write_text("\n")
     files = {"C": str(tls_files["proxy.crt"]), "K": str(tls_files["proxy.key"])}
+    files["EMPTY"] = str(tmp_path / "empty")
     command = [sys.executable, "-m", "skiptune", "proxy", "--storage", f"sqlite:///{tmp_path / 'd.db'}",
                "--port", str(_free_port()), *[files.get(a, a) for a in extra]]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}

@@ -101,7 +101,10 @@ def _serve(
 
     # Optuna advises its cached wrapper in front of an RDB storage for the proxy (fewer queries).
     cached = optuna.storages.get_storage(storage)
-    server = build_server(cached, host=args.host, port=args.port, security=security, threads=args.threads)
+    try:
+        server = build_server(cached, host=args.host, port=args.port, security=security, threads=args.threads)
+    except RuntimeError as exc:  # gRPC could not bind: the port taken meanwhile, or the TLS material
+        raise SkiptuneError(f"cannot serve on {args.host}:{args.port}: {exc}") from None
     server.start()
     if announce:
         print(announce, flush=True)
@@ -172,6 +175,8 @@ def _security(args: argparse.Namespace) -> ProxySecurity:
         raise SkiptuneError("--tls-cert and --tls-key go together: pass both PEM files, or neither")
     cert = _read(args.tls_cert, "--tls-cert") if args.tls_cert else None
     key = _read(args.tls_key, "--tls-key") if args.tls_key else None
+    if args.tls_cert is not None and args.tls_key is not None:
+        _check_pair(args.tls_cert, args.tls_key)
     token = _token(args.token_file)
     if token is not None and cert is None:
         raise SkiptuneError(
@@ -186,6 +191,21 @@ def _security(args: argparse.Namespace) -> ProxySecurity:
             "listen on 127.0.0.1 (the default); see docs/distributed.md"
         )
     return ProxySecurity(cert_chain=cert, private_key=key, token=token)
+
+
+def _check_pair(cert: Path, key: Path) -> None:
+    """The certificate and key must belong together (Python's ssl module checks it as OpenSSL does):
+    gRPC itself only says that it could not bind the port."""
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key, password=lambda: b"")
+    except (ssl.SSLError, OSError) as exc:
+        raise SkiptuneError(
+            f"--tls-cert {str(cert)!r} and --tls-key {str(key)!r} are no certificate and its unencrypted "
+            f"key ({getattr(exc, 'reason', None) or exc}); pass the PEM certificate chain and the private "
+            "key it was made for"
+        ) from None
 
 
 def _read(path: Path, flag: str) -> bytes:
