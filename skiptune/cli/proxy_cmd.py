@@ -34,10 +34,10 @@ re-run once (its heartbeat is a counter the proxy carries).
 examples:
   skiptune proxy --storage postgresql://user:pw@db/skiptune                  # 127.0.0.1:13000
   skiptune worker --model demo --storage grpc://127.0.0.1:13000
-  SKIPTUNE_PROXY_TOKEN=$(cat token) skiptune proxy --storage postgresql://user:pw@db/skiptune \
-      --host 0.0.0.0 --tls-cert proxy.crt --tls-key proxy.key
-  SKIPTUNE_PROXY_TOKEN=$(cat token) SKIPTUNE_PROXY_CA=ca.crt skiptune worker --model demo \
-      --storage grpcs://proxy-host:13000
+  skiptune proxy --storage postgresql://user:pw@db/skiptune --host 0.0.0.0 --processes 4 \\
+      --tls-cert proxy.crt --tls-key proxy.key --token-file token
+  SKIPTUNE_PROXY_TOKEN=$(cat token) SKIPTUNE_PROXY_CA=ca.crt \\
+      skiptune worker --model demo --storage grpcs://proxy-host:13000
 """
 
 
