@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 from optuna.trial import TrialState
+from PIL import Image
 from window_objective import EFFECTS, LevelObjective, pair_effect
 
 from skiptune.cli import main as cli
@@ -197,6 +198,26 @@ def test_workers_find_validate_and_serve_the_window(
     import skiptune
 
     assert skiptune.best_coefficients(url, "tiny", 4, "euler").sigma_window == best.sigma_window
+    # `sample --tuned` applies the window: the pixels of `sample --rho RB RT --sigma-window LO HI`
+    model = ["sample", "--model", str(search_assets.model), "--nfe", "4", "--sampler", "euler",
+             "--seeds", "0-3", "--device", "cpu", "--storage", url]  # fmt: skip
+    rho = ["--rho", repr(best.rho_bottom), repr(best.rho_top)]
+    assert cli([*model, "--tuned", "--out", str(tmp_path / "tuned.png")]) == 0
+    assert "sigma window" in capsys.readouterr().out
+    assert cli([*model, *rho, "--sigma-window", repr(lo), repr(hi), "--out", str(tmp_path / "w.png")]) == 0
+    assert cli([*model, "--out", str(tmp_path / "untuned.png")]) == 0
+    tuned, windowed, untuned = (np.asarray(Image.open(tmp_path / f)) for f in ("tuned.png", "w.png",
+                                                                                "untuned.png"))  # fmt: skip
+    np.testing.assert_array_equal(tuned, windowed)
+    assert not np.array_equal(tuned, untuned)
+    # a second study for the same (model, sampler, NFE): every answer verb takes --study, and says so
+    args = search_assets.study_args(nfes="4", trials=2, storage=url)
+    assert cli([*args, "--seed-base", "5000", "--no-validate"]) == 0
+    capsys.readouterr()
+    for verb in (["best", *query], [*model, "--tuned", "--out", str(tmp_path / "x.png")]):
+        assert cli(verb) == 2
+        assert "pick one with --study NAME" in capsys.readouterr().err
+        assert cli([*verb, "--study", best.study_name]) == 0
 
 
 def test_a_window_of_no_help_leaves_the_full_range_answer(
