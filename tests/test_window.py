@@ -5,20 +5,26 @@ processes with one SIGKILLed inside a window job), and the answer served by ever
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from PIL import Image
+from storage_fixtures import plain_storage
 from window_objective import EFFECTS, LevelObjective, pair_effect
 
 from skiptune.cli import main as cli
 from skiptune.objectives.holdout import BlockDistances
 from skiptune.sampling.levels import evaluated_sigmas, levels_in_window
 from skiptune.search import records as rec
-from skiptune.search.experiment import load_experiment
+from skiptune.search.experiment import load_experiment, param_key, schedule_window
 from skiptune.search.query import best_coefficients, summary_rows
 from skiptune.search.space import BASELINE_PARAMS
 from skiptune.search.study import find_studies
@@ -266,3 +272,74 @@ def test_refinement_around_one_one_finds_a_gain_the_box_missed(
     best = best_coefficients(url, "tiny", 4, sampler="euler")
     assert best.status == VALIDATED and best.gain is not None and best.gain > 0
     assert best.box is not None and best.box["rho_bottom"] == [0.2, 0.5]  # the search box, not refine's
+
+
+# ------------------------------------------------------------------------------- many processes
+
+
+def _window_jobs(url: str) -> list[tuple[str, FrozenTrial]]:
+    """(study name, trial) of every window screen trial and every window validation job."""
+    with plain_storage(url) as storage:
+        out = []
+        for s in storage.get_all_studies():
+            for t in storage.get_all_trials(s._study_id):
+                if "/window" in s.study_name or t.user_attrs.get(rec.ROLE_ATTR) == rec.WINDOW_CANDIDATE:
+                    out.append((s.study_name, t))
+        return out
+
+
+def _worker(url: str, model: Path, log: Path, delay: float) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    script = Path(__file__).with_name("window_objective.py")
+    command = [sys.executable, str(script), url, str(model), str(delay)]
+    return subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def _catch_in_window_job(victim: subprocess.Popen[bytes], url: str, timeout: float = 180) -> FrozenTrial:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert victim.poll() is None, "the victim exited before it could be killed"
+        os.kill(victim.pid, signal.SIGSTOP)
+        mine = [
+            t for _, t in _window_jobs(url)
+            if t.state == TrialState.RUNNING
+            and str(t.user_attrs.get(rec.WORKER_ATTR, "::")).split(":")[1] == str(victim.pid)
+        ]  # fmt: skip
+        if mine:
+            return mine[0]
+        os.kill(victim.pid, signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError("never caught the victim inside a window job")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_window_jobs_run_exactly_once_across_workers(
+    search_assets: SearchAssets, postgres_url: str, tmp_path: Path
+) -> None:
+    _create(search_assets, postgres_url, "--refine-trials", "0", trials=6)
+    victim = _worker(postgres_url, search_assets.model, tmp_path / "victim.log", delay=0.3)
+    killed = _catch_in_window_job(victim, postgres_url)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    workers = [_worker(postgres_url, search_assets.model, tmp_path / f"w{i}.log", 0.3) for i in range(4)]
+    for i, w in enumerate(workers):
+        try:
+            assert w.wait(timeout=300) == 0, (tmp_path / f"w{i}.log").read_text()[-3000:]
+        except subprocess.TimeoutExpired:
+            for other in workers:
+                other.kill()
+            pytest.fail((tmp_path / f"w{i}.log").read_text()[-3000:])
+    jobs = _window_jobs(postgres_url)
+    assert not [t for _, t in jobs if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    failed = [t for _, t in jobs if t.state == TrialState.FAIL]
+    assert [t._trial_id for t in failed] == [killed._trial_id]  # the killed one, failed by the heartbeat
+    levels = _levels(postgres_url)
+    done = [(name, t) for name, t in jobs if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    screens = [span_of(schedule_window(rec.fixed_params(t)), levels) for n, t in done if "/window" in n]
+    validated = [param_key(rec.fixed_params(t)) for n, t in done if "/window" not in n]
+    assert len(screens) == len(set(screens)) == 9 and None not in screens  # each window screened once
+    assert len(validated) == len(set(validated)) == 1  # the one window better than the pair, validated once
+    assert param_key(rec.fixed_params(killed)) in {param_key(rec.fixed_params(t)) for _, t in done}
+    best = best_coefficients(postgres_url, "tiny", 4, sampler="euler")
+    assert best.status == VALIDATED and span_of(best.sigma_window, levels) == (0, 2)
