@@ -29,11 +29,11 @@ from skiptune.devices import resolve_device
 from skiptune.nets.registry import load_model
 from skiptune.objectives.holdout import BlockDistances
 from skiptune.search import records as rec
-from skiptune.search.experiment import Experiment, load_experiment
-from skiptune.search.objective import build_objective
+from skiptune.search.experiment.state import Experiment, load_experiment
+from skiptune.search.experiment.validation import compare
 from skiptune.search.query import answer_of
 from skiptune.search.study import StoredStudy, find_studies
-from skiptune.search.validate import compare
+from skiptune.search.worker.objective import build_objective
 from skiptune.skips import SkipSchedule
 from skiptune.storage import open_storage
 

@@ -24,19 +24,25 @@ from skiptune.cli import main as cli
 from skiptune.objectives.holdout import BlockDistances
 from skiptune.sampling.levels import evaluated_sigmas, levels_in_window
 from skiptune.search import records as rec
-from skiptune.search.experiment import load_experiment, param_key, schedule_window
-from skiptune.search.query import best_coefficients, summary_rows
-from skiptune.search.space import BASELINE_PARAMS
-from skiptune.search.study import find_studies
-from skiptune.search.validate import NO_GAIN, VALIDATED, ValidationSettings, decide, prefer_window
-from skiptune.search.window import (
+from skiptune.search.experiment.state import load_experiment, param_key, schedule_window
+from skiptune.search.experiment.validation import (
+    NO_GAIN,
+    VALIDATED,
+    ValidationSettings,
+    decide,
+    prefer_window,
+)
+from skiptune.search.experiment.window import (
     all_spans,
     coarse_spans,
     next_spans,
     span_of,
     window_bounds,
 )
-from skiptune.search.worker import run_worker
+from skiptune.search.query import best_coefficients, summary_rows
+from skiptune.search.space import BASELINE_PARAMS
+from skiptune.search.study import find_studies
+from skiptune.search.worker.loop import run_worker
 from skiptune.storage import open_storage
 
 if TYPE_CHECKING:

@@ -58,7 +58,7 @@ def main(url: str, model: str, delay: float) -> int:
     """A CPU worker on ``url`` that evaluates with :class:`LevelObjective` (1 s heartbeat, grace 10 s)."""
     import logging
 
-    from skiptune.search.worker import run_worker
+    from skiptune.search.worker.loop import run_worker
 
     logging.basicConfig(level=logging.INFO)
     summary = run_worker(

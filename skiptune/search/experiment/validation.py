@@ -17,7 +17,7 @@ calibration on the demo model is measured in docs/results.md.
 Decision. The recommendation is the validated candidate with the best (lowest) held-out distance if its
 gain over the baseline exceeds the critical value in standard errors; otherwise the untouched network
 (1, 1), with status ``no-gain``. Equal held-out distances go to the larger z, then to the pair nearest
-(1, 1) (the smaller intervention). Windowed candidates (the window stage, ``search.window``) are decided
+(1, 1) (the smaller intervention). Windowed candidates (the window stage, ``experiment.window``) are decided
 among themselves by the same rule, and a windowed answer replaces the full-range one only if its paired
 gain over the full-range answer, on the same blocks, also exceeds the critical value (``prefer_window``).
 
@@ -40,7 +40,7 @@ from skiptune.errors import SkiptuneError
 from skiptune.objectives.holdout import BlockDistances, block_bounds
 from skiptune.seeds import check_seed_range
 
-#: Windows screened on the search seeds by default (9 coarse ones + a few local moves; see search.window).
+#: Windows screened on the search seeds by default (9 coarse ones + a few local moves; see experiment.window).
 DEFAULT_WINDOW_TRIALS = 12
 #: Held-out seeds start this far above the search's seed base: disjoint from any search block below 1e9.
 HOLDOUT_OFFSET = 1_000_000_000

@@ -40,11 +40,17 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from skiptune.objectives.holdout import BlockDistances
 from skiptune.search import records as rec
 from skiptune.search.budget import used_budget
-from skiptune.search.growth import grown_space, refine_space
+from skiptune.search.experiment.growth import grown_space, refine_space
+from skiptune.search.experiment.validation import (
+    VALIDATED,
+    Decision,
+    ValidationSettings,
+    decide,
+    prefer_window,
+)
+from skiptune.search.experiment.window import Span, next_spans, span_of, window_params, window_space
 from skiptune.search.space import BASELINE_PARAMS, SearchSpace
 from skiptune.search.study import StoredStudy
-from skiptune.search.validate import VALIDATED, Decision, ValidationSettings, decide, prefer_window
-from skiptune.search.window import Span, next_spans, span_of, window_params, window_space
 
 _log = logging.getLogger(__name__)
 
@@ -298,7 +304,7 @@ def load_experiment(
     windows: list[Phase] = []
     unready: list[tuple[str, int]] = []
     for frozen in storage.get_all_studies() if studies is None else studies:
-        if not frozen.study_name.startswith(main.name + "/"):
+        if not rec.is_companion(main.name, frozen.study_name):
             continue
         sid, cattrs = frozen._study_id, frozen.user_attrs
         kind = cattrs.get(rec.KIND_ATTR)
@@ -319,7 +325,7 @@ def load_experiment(
 
 def companion_ids(main: StoredStudy, studies: list[FrozenStudy]) -> list[int]:
     """The ids of the studies in ``studies`` whose trials ``load_experiment`` reads for ``main``."""
-    return [main.study_id, *(f._study_id for f in studies if f.study_name.startswith(main.name + "/"))]
+    return [main.study_id, *(f._study_id for f in studies if rec.is_companion(main.name, f.study_name))]
 
 
 # ------------------------------------------------------------------------------------------ transitions
@@ -526,18 +532,17 @@ def _fill_grow(
 
 
 def _fill_unready(storage: optuna.storages.BaseStorage, exp: Experiment, name: str, sid: int) -> None:
-    suffix = name[len(exp.main.name) + 1 :]
-    if suffix.startswith("validate"):
-        index = int(suffix[len("validate") :])
+    kind, index = rec.parse_companion(exp.main.name, name) or ("", -1)
+    if kind == rec.VALIDATION:
         jobs = pending_candidates(exp)
         window = not jobs
         _fill_round(storage, exp.main.name, name, sid, index, jobs or pending_windows(exp), window=window)
-    elif suffix.startswith("grow") and (plan := growth_plan(exp)) is not None:
-        _fill_grow(storage, exp, name, sid, int(suffix[len("grow") :]), *plan)
-    elif suffix.startswith("refine") and (refine := refine_plan(exp)) is not None:
-        _fill_grow(storage, exp, name, sid, int(suffix[len("refine") :]), *refine, kind=rec.REFINE)
-    elif suffix.startswith("window") and (spans := spans_to_screen(exp)):
-        _fill_window_screen(storage, exp, name, sid, int(suffix[len("window") :]), spans)
+    elif kind == rec.GROW and (plan := growth_plan(exp)) is not None:
+        _fill_grow(storage, exp, name, sid, index, *plan)
+    elif kind == rec.REFINE and (refine := refine_plan(exp)) is not None:
+        _fill_grow(storage, exp, name, sid, index, *refine, kind=rec.REFINE)
+    elif kind == rec.WINDOW and (spans := spans_to_screen(exp)):
+        _fill_window_screen(storage, exp, name, sid, index, spans)
 
 
 def job_distribution(value: float) -> FloatDistribution:
