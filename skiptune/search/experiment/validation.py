@@ -40,8 +40,8 @@ from skiptune.errors import SkiptuneError
 from skiptune.objectives.holdout import BlockDistances, block_bounds
 from skiptune.seeds import check_seed_range
 
-#: Windows screened on the search seeds by default (9 coarse ones + a few local moves; see experiment.window).
-DEFAULT_WINDOW_TRIALS = 12
+#: Windows screened on the search seeds by default (9 coarse ones, then local moves; see experiment.window).
+DEFAULT_WINDOW_TRIALS = 16
 #: Held-out seeds start this far above the search's seed base: disjoint from any search block below 1e9.
 HOLDOUT_OFFSET = 1_000_000_000
 VALIDATED = "validated"
