@@ -223,7 +223,9 @@ def screened(exp: Experiment, pair: dict[str, float]) -> dict[Span, float]:
     for phase in exp.windows:
         for t in phase.trials:
             params = rec.fixed_params(t)
-            if t.state in _ACTIVE or param_key({k: params[k] for k in pair}) != param_key(pair):
+            if t.state in _ACTIVE or any(k not in params for k in (*pair, "sigma_a", "sigma_b")):
+                continue  # running, or refused before it took params (over budget)
+            if param_key({k: params[k] for k in pair}) != param_key(pair):
                 continue
             span = span_of(schedule_window(params), levels)
             if span is not None:
