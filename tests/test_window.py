@@ -210,6 +210,9 @@ def test_workers_find_validate_and_serve_the_window(
     import skiptune
 
     assert skiptune.best_coefficients(url, "tiny", 4, "euler").sigma_window == best.sigma_window
+    from skiptune.analysis.study import study_pair  # `analyze --tuned` analyses the pair in its window
+
+    assert study_pair(url, "tiny", 4, "euler").schedule.sigma_window == best.sigma_window
     # `sample --tuned` applies the window: the pixels of `sample --rho RB RT --sigma-window LO HI`
     model = ["sample", "--model", str(search_assets.model), "--nfe", "4", "--sampler", "euler",
              "--seeds", "0-3", "--device", "cpu", "--storage", url]  # fmt: skip

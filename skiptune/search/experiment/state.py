@@ -377,7 +377,8 @@ def create_round(
 ) -> str | None:
     """Create the next validation round with ``jobs`` (``window``: the window stage's); its name, or None
     if another worker made it first."""
-    index = len(exp.rounds) + sum(n.startswith(f"{exp.main.name}/validate") for n, _ in exp.unready)
+    unready = [rec.parse_companion(exp.main.name, n) for n, _ in exp.unready]
+    index = len(exp.rounds) + sum(u is not None and u[0] == rec.VALIDATION for u in unready)
     name = rec.companion_name(exp.main.name, rec.VALIDATION, index)
     sid = _create_companion(storage, name)
     if sid is None:
