@@ -13,6 +13,7 @@ from skiptune.cli.common import add_storage, model_help, parse_float_pair, parse
 from skiptune.errors import SkiptuneError
 from skiptune.sampling import SAMPLERS, generate_images
 from skiptune.seeds import check_seed_range
+from skiptune.skips import SkipSchedule
 
 #: Image file suffixes --out accepts -> PIL format names.
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     loaded = load_model(args.model, device=device)
     schedule = _schedule(args, loaded.name)
+    _note_empty_window(schedule, loaded.net, args.sampler, args.nfe)
     images = []
     with skip_tuning(loaded.net, schedule):
         batches = generate_images(
@@ -103,9 +105,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _schedule(args: argparse.Namespace, model_name: str):  # -> SkipSchedule
-    from skiptune.skips import SkipSchedule
-
+def _schedule(args: argparse.Namespace, model_name: str) -> SkipSchedule:
     if args.tuned:
         from skiptune.search.query import best_coefficients
         from skiptune.storage import open_storage
@@ -132,6 +132,20 @@ def _schedule(args: argparse.Namespace, model_name: str):  # -> SkipSchedule
         window = parse_float_pair(args.sigma_window, what="--sigma-window") if args.sigma_window else None
         return SkipSchedule(rb, rt, window)
     return SkipSchedule()
+
+
+def _note_empty_window(schedule: SkipSchedule, net: torch.nn.Module, sampler: str, nfe: int) -> None:
+    """Say so when a window holds none of the sampler's noise levels: the images are the untuned ones."""
+    from skiptune.sampling.levels import evaluated_sigmas, levels_in_window
+
+    if schedule.sigma_window is None or schedule.is_identity:
+        return
+    levels = evaluated_sigmas(net, sampler, nfe)
+    if not levels_in_window(schedule.sigma_window, levels):
+        lo, hi = schedule.sigma_window
+        shown = ", ".join(f"{v:.4g}" for v in levels)
+        print(f"note: sigma window [{lo:.4g}, {hi:.4g}] holds none of the noise levels {sampler} evaluates "
+              f"the network at for NFE {nfe} ({shown}): these are the untuned images")  # fmt: skip
 
 
 def _to_pil(image: np.ndarray):  # [H, W, C] uint8 -> PIL image
