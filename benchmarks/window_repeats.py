@@ -118,7 +118,7 @@ def check_group(studies: list[StoredStudy], storage: Any, net: Any, args: argpar
         c = compare({}, measured[key], base)
         unseen[key] = {"schedule": _label(schedule), "value": c.value, "gain": c.relative_gain,
                        "gain_se": c.relative_gain_se}  # fmt: skip
-    answered = {r["key"] for r in repeats if "key" in r}
+    answered = {r["key"] for r in repeats if "key" in r} or {_key(SkipSchedule())}
     best = min(answered, key=lambda k: measured[k].value)
     for r in repeats:
         if "key" not in r:
