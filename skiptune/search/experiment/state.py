@@ -516,7 +516,7 @@ def _fill_grow(
             if t.state not in (TrialState.COMPLETE, TrialState.PRUNED) or origin in have:
                 continue
             if set(t.params) != set(dists) or not all(
-                d._contains(d.to_internal_repr(t.params[n])) for n, d in dists.items()
+                d.low <= float(t.params[n]) <= d.high for n, d in dists.items()
             ):
                 continue  # another space, or outside a refinement's small box
             study.add_trial(
