@@ -34,7 +34,9 @@ def parse_settings(text: str) -> list[Any]:
         try:
             name, steps, guidance = parts[0], int(parts[1]), float(parts[2])
         except (IndexError, ValueError):
-            raise SkiptuneError(f"bad --eval item {item!r}; expected SCHEDULER:STEPS:GUIDANCE like ddim:50:3") from None
+            raise SkiptuneError(
+                f"bad --eval item {item!r}; expected SCHEDULER:STEPS:GUIDANCE like ddim:50:3"
+            ) from None
         if name not in SCHEDULERS or steps < 1 or guidance < 1:
             raise SkiptuneError(
                 f"bad --eval item {item!r}; the scheduler is one of {', '.join(SCHEDULERS)}, steps >= 1, "
@@ -51,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--out", required=True, metavar="DIR", help="pipeline folder to write")
     p.add_argument("--log-json", default=None, metavar="PATH", help="also write the log as JSON here")
-    p.add_argument("--data", default=None, metavar="DIR", help="Fashion-MNIST folder (default: as skiptune train)")
+    p.add_argument(
+        "--data", default=None, metavar="DIR", help="Fashion-MNIST folder (default: as skiptune train)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vae-seconds", type=float, default=60.0, help="VAE training time (default: %(default)s)")
@@ -62,10 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", default="ddim:50:3,dpmpp_2m:10:3", help="SCHEDULER:STEPS:GUIDANCE list")
     p.add_argument("--eval-samples", type=int, default=10_000, help="samples per --eval setting")
     p.add_argument("--eval-batch-size", type=int, default=1000)
-    p.add_argument("--classifier", default=None, metavar="PATH", help="fmnist-classifier weights (default: bundled)")
-    p.add_argument("--reference", default=None, metavar="PATH", help="reference statistics (default: bundled demo)")
-    p.add_argument("--smoke", action="store_true",
-                   help="tiny networks, 512 images, a few steps, 20 samples: checks the whole path on a CPU")
+    p.add_argument(
+        "--classifier", default=None, metavar="PATH", help="fmnist-classifier weights (default: bundled)"
+    )
+    p.add_argument(
+        "--reference", default=None, metavar="PATH", help="reference statistics (default: bundled demo)"
+    )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny networks, 512 images, a few steps, 20 samples: checks the whole path on a CPU",
+    )
     return p
 
 

@@ -21,8 +21,14 @@ from typing import TYPE_CHECKING, Any
 from skiptune.errors import SkiptuneError
 
 if TYPE_CHECKING:
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
+
+# diffusers' classes are loaded lazily, which mypy cannot follow: annotations name them through these
+# aliases (Any to the checker; the comment says which class each one is).
+VAE = Any  # diffusers.AutoencoderKL
+UNet = Any  # diffusers.UNet2DConditionModel
+Pipeline = Any  # diffusers.StableDiffusionPipeline
+Scheduler = Any  # diffusers.DDIMScheduler
 
 PREDICTION_TYPE = "epsilon"
 PIPELINE_FILES = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -67,7 +73,7 @@ class LatentDemoConfig:
         return asdict(self)
 
 
-def build_vae(config: LatentDemoConfig) -> AutoencoderKL:
+def build_vae(config: LatentDemoConfig) -> VAE:
     from diffusers import AutoencoderKL
 
     n = len(config.vae_channels)
@@ -92,7 +98,7 @@ def build_text_encoder(config: LatentDemoConfig, tokenizer: CLIPTokenizer) -> CL
     return CLIPTextModel(text)
 
 
-def build_unet(config: LatentDemoConfig) -> UNet2DConditionModel:
+def build_unet(config: LatentDemoConfig) -> UNet:
     """Cross-attention at every resolution but the lowest (which has the mid block's attention)."""
     from diffusers import UNet2DConditionModel
 
@@ -108,15 +114,15 @@ def build_unet(config: LatentDemoConfig) -> UNet2DConditionModel:
     )  # fmt: skip
 
 
-def build_scheduler() -> DDIMScheduler:
+def build_scheduler() -> Scheduler:
     from diffusers import DDIMScheduler
 
     return DDIMScheduler(**SCHEDULER_CONFIG)
 
 
 def assemble_pipeline(
-    *, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, unet: UNet2DConditionModel
-) -> StableDiffusionPipeline:
+    *, vae: VAE, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, unet: UNet
+) -> Pipeline:
     """The parts as a StableDiffusionPipeline without safety checker (no such model exists for the demo)."""
     from diffusers import StableDiffusionPipeline
 
@@ -126,7 +132,7 @@ def assemble_pipeline(
     )  # fmt: skip
 
 
-def save_pipeline(pipeline: StableDiffusionPipeline, folder: str | Path, *, half: bool = True) -> Path:
+def save_pipeline(pipeline: Pipeline, folder: str | Path, *, half: bool = True) -> Path:
     """Write the pipeline folder; ``half``: the VAE and UNet in fp16 (half the bytes; diffusers loads them
     as fp32). The text encoder stays fp32: transformers 5 keeps a file's dtype, and an fp16 encoder
     feeding an fp32 UNet fails on the CPU (it is 2% of the bytes)."""

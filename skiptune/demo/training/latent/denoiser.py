@@ -24,11 +24,11 @@ from torch import nn
 from skiptune.demo.training.data import EpochSampler
 from skiptune.demo.training.device import autocast
 from skiptune.demo.training.ema import ema_beta, ema_update
+from skiptune.demo.training.latent.components import UNet
 from skiptune.demo.training.latent.prompts import CLASS_NAMES, TEMPLATES, UNCONDITIONAL, training_prompts
 from skiptune.demo.training.latent.vp_loss import VPEpsilonLoss
 
 if TYPE_CHECKING:
-    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
 LogFn = Callable[[dict[str, Any]], None]
@@ -52,7 +52,7 @@ class DenoiserTrainConfig:
 
 @dataclass
 class DenoiserTrainResult:
-    unet: UNet2DConditionModel  # the EMA weights
+    unet: UNet  # the EMA weights
     text_encoder: CLIPTextModel
     steps: int
     images_seen: int
@@ -79,7 +79,7 @@ def _prompt_index(labels: torch.Tensor, *, p_uncond: float, generator: torch.Gen
 class _Pair(nn.Module):
     """The two trained networks as one module (one optimizer, one EMA)."""
 
-    def __init__(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel) -> None:
+    def __init__(self, unet: UNet, text_encoder: CLIPTextModel) -> None:
         super().__init__()
         self.unet, self.text_encoder = unet, text_encoder
 
@@ -90,7 +90,7 @@ class _Pair(nn.Module):
 
 
 def train_denoiser(
-    unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, *,
+    unet: UNet, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, *,
     latents: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor, scaling_factor: float,
     abar: torch.Tensor, config: DenoiserTrainConfig, device: torch.device, log: LogFn | None = None,
 ) -> DenoiserTrainResult:  # fmt: skip

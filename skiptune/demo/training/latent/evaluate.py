@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from skiptune.demo.training.latent.components import Pipeline
 from skiptune.demo.training.latent.prompts import CLASS_NAMES, class_prompt
 
 if TYPE_CHECKING:
-    from diffusers import StableDiffusionPipeline
-
     from skiptune.demo.classifier import ClassifierExtractor
 
 SCHEDULERS = ("ddim", "euler", "dpmpp_2m")
@@ -40,7 +39,7 @@ class SampleSetting:
         return f"{self.scheduler}_{self.steps}steps_cfg{self.guidance:g}"
 
 
-def use_scheduler(pipeline: StableDiffusionPipeline, name: str) -> None:
+def use_scheduler(pipeline: Pipeline, name: str) -> None:
     """Swap in diffusers' scheduler ``name`` built from the folder's own scheduler config."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
@@ -57,7 +56,7 @@ def use_scheduler(pipeline: StableDiffusionPipeline, name: str) -> None:
 
 @torch.no_grad()
 def generate_by_prompt(
-    pipeline: StableDiffusionPipeline, setting: SampleSetting, *, samples: int, batch_size: int,
+    pipeline: Pipeline, setting: SampleSetting, *, samples: int, batch_size: int,
     seed_base: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(uint8 images [N,1,32,32] on the CPU, prompted labels [N]) for samples 0..N-1."""
@@ -93,7 +92,9 @@ def score_samples(
     out: dict[str, Any] = {
         "samples": int(labels.numel()),
         "prompt_accuracy": float(hits.sum() / labels.numel()),
-        "prompt_accuracy_by_class": {n: round(float(a), 4) for n, a in zip(CLASS_NAMES, hits / counts, strict=True)},
+        "prompt_accuracy_by_class": {
+            n: round(float(a), 4) for n, a in zip(CLASS_NAMES, hits / counts, strict=True)
+        },
     }
     ref = load_reference(reference)
     try:
@@ -104,7 +105,7 @@ def score_samples(
 
 
 def evaluate_pipeline(
-    pipeline: StableDiffusionPipeline, extractor: ClassifierExtractor, setting: SampleSetting, *,
+    pipeline: Pipeline, extractor: ClassifierExtractor, setting: SampleSetting, *,
     reference: str | Path, samples: int, batch_size: int, seed_base: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     """One setting's numbers (with its sampling time) as a JSON-able dict."""

@@ -72,18 +72,18 @@ def build_tokenizer(*, max_length: int = MAX_LENGTH) -> CLIPTokenizer:
     """The demo's CLIPTokenizer: every prompt word one token, padded with ``<|endoftext|>`` (as SD 1.x)."""
     from transformers import CLIPTokenizer
 
-    vocab, merges = _vocabulary_base(), []
+    vocab = _vocabulary_base()
+    merges: list[tuple[str, str]] = []  # pairs: the tokenizers backend refuses "a b" strings here
     for word in prompt_words():
         # Merges are ranked: appended ones act only after the earlier words' merges are exhausted, so
         # joining the word's current pieces left to right never changes an earlier word's tokens.
-        pieces = _pieces(CLIPTokenizer(vocab=vocab, merges=merges), word)
+        pieces = _pieces(CLIPTokenizer(vocab=vocab, merges=merges), word)  # type: ignore[arg-type]
         joined = pieces[0]
         for piece in pieces[1:]:
             merges.append((joined, piece))
             joined += piece
             vocab.setdefault(joined, len(vocab))
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
-    return tokenizer
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)  # type: ignore[arg-type]
 
 
 def write_vocab_files(folder: str | Path) -> None:

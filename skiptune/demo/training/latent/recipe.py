@@ -73,7 +73,12 @@ def _train(recipe: LatentRecipe, device: torch.device, emit: EmitFactory) -> dic
     from skiptune.demo.training.latent import components as parts
     from skiptune.demo.training.latent.denoiser import train_denoiser
     from skiptune.demo.training.latent.prompts import build_tokenizer
-    from skiptune.demo.training.latent.vae import encode_dataset, reconstruction_mse, set_scaling_factor, train_vae
+    from skiptune.demo.training.latent.vae import (
+        encode_dataset,
+        reconstruction_mse,
+        set_scaling_factor,
+        train_vae,
+    )
     from skiptune.demo.training.latent.vp_loss import alphas_cumprod
 
     images, labels = load_padded("train", root=recipe.data)
@@ -82,7 +87,9 @@ def _train(recipe: LatentRecipe, device: torch.device, emit: EmitFactory) -> dic
         images, labels = images[: recipe.limit_images], labels[: recipe.limit_images]
         test_images = test_images[: recipe.limit_images]
     torch.manual_seed(recipe.vae.seed)
-    vae_run = train_vae(parts.build_vae(recipe.sizes), images, config=recipe.vae, device=device, log=emit("vae"))
+    vae_run = train_vae(
+        parts.build_vae(recipe.sizes), images, config=recipe.vae, device=device, log=emit("vae")
+    )
     vae = vae_run.vae
     both = torch.cat([images, images.flip(-1)])  # x-flips as data: the denoiser sees latents of both
     mean, std = encode_dataset(vae, both, device=device)
@@ -99,8 +106,9 @@ def _train(recipe: LatentRecipe, device: torch.device, emit: EmitFactory) -> dic
         scaling_factor=factor, abar=alphas_cumprod(parts.SCHEDULER_CONFIG), config=recipe.denoiser,
         device=device, log=emit("denoiser"),
     )  # fmt: skip
-    pipeline = parts.assemble_pipeline(vae=vae.cpu(), text_encoder=run.text_encoder.cpu(), tokenizer=tokenizer,
-                                       unet=run.unet.cpu())  # fmt: skip
+    pipeline = parts.assemble_pipeline(
+        vae=vae.cpu(), text_encoder=run.text_encoder.cpu(), tokenizer=tokenizer, unet=run.unet.cpu()
+    )
     folder = parts.save_pipeline(pipeline, recipe.out)
     counts = {n: sum(p.numel() for p in m.parameters()) for n, m in
               (("vae", vae), ("text_encoder", run.text_encoder), ("unet", run.unet))}  # fmt: skip
@@ -126,7 +134,7 @@ def _evaluate(recipe: LatentRecipe, device: torch.device, emit: EmitFactory) -> 
 
     reference = recipe.reference or DEMO_REFERENCE_PATH
     extractor = load_demo_extractor(device, path=recipe.classifier)
-    pipeline = StableDiffusionPipeline.from_pretrained(recipe.out, torch_dtype=torch.float32).to(device)
+    pipeline = StableDiffusionPipeline.from_pretrained(recipe.out).to(device)  # fp32: diffusers upcasts
     pipeline.set_progress_bar_config(disable=True)
     test_images, test_labels = load_padded("test", root=recipe.data)
     n = min(recipe.eval_samples, test_images.shape[0])
@@ -135,8 +143,10 @@ def _evaluate(recipe: LatentRecipe, device: torch.device, emit: EmitFactory) -> 
     out: dict[str, Any] = {"vae_roundtrip_test": floor, "settings": []}
     emit("eval")({"vae_roundtrip_fd": floor.get("frechet_distance"), "accuracy": floor["prompt_accuracy"]})
     for setting in recipe.settings:
-        result = evaluate_pipeline(pipeline, extractor, setting, reference=reference,
-                                   samples=recipe.eval_samples, batch_size=recipe.eval_batch_size)  # fmt: skip
+        result = evaluate_pipeline(
+            pipeline, extractor, setting, reference=reference, samples=recipe.eval_samples,
+            batch_size=recipe.eval_batch_size,
+        )  # fmt: skip
         out["settings"].append(result)
         emit("eval")({k: v for k, v in result.items() if k != "prompt_accuracy_by_class"})
     return out
@@ -147,8 +157,12 @@ def run_recipe(recipe: LatentRecipe, *, emit: EmitFactory) -> dict[str, Any]:
 
     device = resolve_device(recipe.device)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    log: dict[str, Any] = {"device": str(device), "card": card, "torch": torch.__version__,
-                           "recipe": {k: v for k, v in asdict(recipe).items() if k not in ("vae", "denoiser")}}
+    log: dict[str, Any] = {
+        "device": str(device),
+        "card": card,
+        "torch": torch.__version__,
+        "recipe": {k: v for k, v in asdict(recipe).items() if k not in ("vae", "denoiser")},
+    }
     log.update(_train(recipe, device, emit))
     log["evaluation"] = _evaluate(recipe, device, emit)
     return log

@@ -1,5 +1,5 @@
-"""The latent demo's VAE: AutoencoderKL trained on reconstruction plus a small KL term, then the
-dataset's posterior (mean, std) once, so the denoiser's training draws latents without the encoder.
+"""The latent demo's VAE: diffusers' AutoencoderKL trained on reconstruction plus a small KL term, then
+the dataset's posterior (mean, std) once, so the denoiser's training draws latents without the encoder.
 
 loss = mean (x_hat - x)^2 + kl_weight * mean KL(q(z|x) || N(0, I))  (per element, x in [-1, 1]).
 No perceptual or adversarial term (no pretrained network exists here); the latent is 4x16x16 for a
@@ -12,15 +12,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from skiptune.demo.training.data import EpochSampler, random_xflip, to_unit_range
 from skiptune.demo.training.device import autocast
-
-if TYPE_CHECKING:
-    from diffusers import AutoencoderKL
+from skiptune.demo.training.latent.components import VAE
 
 LogFn = Callable[[dict[str, Any]], None]
 
@@ -38,14 +36,16 @@ class VAETrainConfig:
 
 @dataclass
 class VAETrainResult:
-    vae: AutoencoderKL
+    vae: VAE
     steps: int
     seconds: float
     losses: list[dict[str, float]]
     config: dict[str, Any]
 
 
-def vae_loss(vae: AutoencoderKL, batch: torch.Tensor, *, kl_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+def vae_loss(
+    vae: VAE, batch: torch.Tensor, *, kl_weight: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(total loss, reconstruction MSE) of one batch in [-1, 1]; the latent is drawn from q(z|x)."""
     posterior = vae.encode(batch).latent_dist
     recon = vae.decode(posterior.sample()).sample
@@ -55,7 +55,7 @@ def vae_loss(vae: AutoencoderKL, batch: torch.Tensor, *, kl_weight: float) -> tu
 
 
 def train_vae(
-    vae: AutoencoderKL, images: torch.Tensor, *, config: VAETrainConfig, device: torch.device,
+    vae: VAE, images: torch.Tensor, *, config: VAETrainConfig, device: torch.device,
     log: LogFn | None = None,
 ) -> VAETrainResult:  # fmt: skip
     """Train ``vae`` on uint8 ``[N,1,32,32]`` images until ``steps`` or ``max_seconds``; Adam, x-flips."""
@@ -89,13 +89,14 @@ def train_vae(
                 log(entry)
         if done:
             break
-    return VAETrainResult(vae=vae.eval().requires_grad_(False), steps=step,
-                          seconds=time.perf_counter() - start, losses=losses, config=asdict(config))  # fmt: skip
+    seconds = time.perf_counter() - start
+    vae = vae.eval().requires_grad_(False)
+    return VAETrainResult(vae=vae, steps=step, seconds=seconds, losses=losses, config=asdict(config))
 
 
 @torch.no_grad()
 def encode_dataset(
-    vae: AutoencoderKL, images: torch.Tensor, *, device: torch.device, batch_size: int = 1000
+    vae: VAE, images: torch.Tensor, *, device: torch.device, batch_size: int = 1000
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior (mean, std) ``[N,C,h,w]`` float32 on ``device`` of uint8 ``images``, in fp32."""
     means, stds = [], []
@@ -107,7 +108,7 @@ def encode_dataset(
 
 
 @torch.no_grad()
-def set_scaling_factor(vae: AutoencoderKL, mean: torch.Tensor, std: torch.Tensor, *, seed: int = 0) -> float:
+def set_scaling_factor(vae: VAE, mean: torch.Tensor, std: torch.Tensor, *, seed: int = 0) -> float:
     """Set ``vae.config.scaling_factor`` to 1 / std of latents drawn from the posteriors; return it."""
     gen = torch.Generator(device=mean.device).manual_seed(seed)
     draws = mean + std * torch.randn(mean.shape, device=mean.device, generator=gen)
@@ -117,7 +118,7 @@ def set_scaling_factor(vae: AutoencoderKL, mean: torch.Tensor, std: torch.Tensor
 
 
 @torch.no_grad()
-def reconstruction_mse(vae: AutoencoderKL, images: torch.Tensor, *, device: torch.device) -> float:
+def reconstruction_mse(vae: VAE, images: torch.Tensor, *, device: torch.device) -> float:
     """Mean squared error in [-1, 1] of decoding the posterior mean (the held-out split's, say)."""
     total, count = 0.0, 0
     for chunk in images.split(1000):
@@ -129,7 +130,7 @@ def reconstruction_mse(vae: AutoencoderKL, images: torch.Tensor, *, device: torc
 
 
 @torch.no_grad()
-def decode_roundtrip(vae: AutoencoderKL, images: torch.Tensor, *, device: torch.device) -> torch.Tensor:
+def decode_roundtrip(vae: VAE, images: torch.Tensor, *, device: torch.device) -> torch.Tensor:
     """uint8 images -> posterior mean -> decoded uint8 (as the pipeline quantises): the VAE's own floor."""
     out = []
     for chunk in images.split(1000):
