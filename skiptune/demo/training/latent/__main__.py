@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="pipeline folder to write")
     p.add_argument("--log-json", default=None, metavar="PATH", help="also write the log as JSON here")
     p.add_argument(
+        "--stats", default=None, metavar="PATH", help="also write the samples' feature statistics (.npz)"
+    )
+    p.add_argument(
         "--data", default=None, metavar="DIR", help="Fashion-MNIST folder (default: as skiptune train)"
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")

@@ -22,6 +22,7 @@ from skiptune.demo.training.latent.prompts import CLASS_NAMES, class_prompt
 
 if TYPE_CHECKING:
     from skiptune.demo.classifier import ClassifierExtractor
+    from skiptune.objectives.frechet import FeatureStats
 
 SCHEDULERS = ("ddim", "euler", "dpmpp_2m")
 
@@ -76,8 +77,9 @@ def generate_by_prompt(
 @torch.no_grad()
 def score_samples(
     extractor: ClassifierExtractor, images: torch.Tensor, labels: torch.Tensor, *, reference: str | Path
-) -> dict[str, Any]:
-    """Prompt accuracy (overall and per class) and the Fréchet distance to ``reference``."""
+) -> tuple[dict[str, Any], FeatureStats]:
+    """Prompt accuracy (overall and per class) and the Fréchet distance to ``reference``; the features'
+    statistics too (to recompute the distance where torch-fidelity is missing)."""
     from skiptune.objectives.frechet import FeatureStats, frechet_distance
     from skiptune.objectives.reference import load_reference
 
@@ -101,19 +103,20 @@ def score_samples(
         out["frechet_distance"] = frechet_distance(stats.mean(), stats.cov(), ref.mu, ref.sigma)
     except ImportError as exc:  # torch-fidelity missing: keep the accuracy, say why the distance is absent
         out["frechet_distance_error"] = f"{type(exc).__name__}: {exc}"
-    return out
+    return out, stats
 
 
 def evaluate_pipeline(
     pipeline: Pipeline, extractor: ClassifierExtractor, setting: SampleSetting, *,
     reference: str | Path, samples: int, batch_size: int, seed_base: int = 0,
-) -> dict[str, Any]:  # fmt: skip
-    """One setting's numbers (with its sampling time) as a JSON-able dict."""
+) -> tuple[dict[str, Any], FeatureStats]:  # fmt: skip
+    """One setting's numbers (with its sampling time) as a JSON-able dict, and its feature statistics."""
     start = time.perf_counter()
     images, labels = generate_by_prompt(pipeline, setting, samples=samples, batch_size=batch_size,
                                         seed_base=seed_base)  # fmt: skip
     seconds = time.perf_counter() - start
-    scores = score_samples(extractor, images, labels, reference=reference)
-    return {"setting": setting.key, "scheduler": setting.scheduler, "steps": setting.steps,
-            "nfe": setting.steps, "guidance": setting.guidance, "seed_base": seed_base,
-            "sampling_seconds": round(seconds, 1), **scores}  # fmt: skip
+    scores, stats = score_samples(extractor, images, labels, reference=reference)
+    result = {"setting": setting.key, "scheduler": setting.scheduler, "steps": setting.steps,
+              "nfe": setting.steps, "guidance": setting.guidance, "seed_base": seed_base,
+              "sampling_seconds": round(seconds, 1), **scores}  # fmt: skip
+    return result, stats

@@ -7,14 +7,18 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from skiptune.demo.training.latent.components import LatentDemoConfig
 from skiptune.demo.training.latent.denoiser import DenoiserTrainConfig
 from skiptune.demo.training.latent.evaluate import SampleSetting
 from skiptune.demo.training.latent.vae import VAETrainConfig
+
+if TYPE_CHECKING:
+    from skiptune.objectives.frechet import FeatureStats
 
 EmitFactory = Callable[[str], Callable[[dict[str, Any]], None]]
 SMOKE_IMAGES = 512
@@ -34,6 +38,7 @@ class LatentRecipe:
     device: str = "auto"
     classifier: Path | None = None
     reference: Path | None = None
+    stats_out: Path | None = None  # also write each evaluation's feature statistics here (.npz)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, *, settings: list[SampleSetting]) -> LatentRecipe:
@@ -42,6 +47,7 @@ class LatentRecipe:
             eval_batch_size=args.eval_batch_size, data=args.data, device=args.device,
             classifier=Path(args.classifier) if args.classifier else None,
             reference=Path(args.reference) if args.reference else None,
+            stats_out=Path(args.stats) if args.stats else None,
             vae=VAETrainConfig(max_seconds=args.vae_seconds, batch_size=args.vae_batch_size, seed=args.seed),
             denoiser=DenoiserTrainConfig(max_seconds=args.denoiser_seconds, batch_size=args.batch_size,
                                          lr=args.lr, seed=args.seed),
@@ -139,17 +145,30 @@ def _evaluate(recipe: LatentRecipe, device: torch.device, emit: EmitFactory) -> 
     test_images, test_labels = load_padded("test", root=recipe.data)
     n = min(recipe.eval_samples, test_images.shape[0])
     recon = decode_roundtrip(pipeline.vae, test_images[:n], device=device)
-    floor = score_samples(extractor, recon, test_labels[:n], reference=reference)
+    floor, floor_stats = score_samples(extractor, recon, test_labels[:n], reference=reference)
     out: dict[str, Any] = {"vae_roundtrip_test": floor, "settings": []}
+    stats = {"vae_roundtrip_test": floor_stats}
     emit("eval")({"vae_roundtrip_fd": floor.get("frechet_distance"), "accuracy": floor["prompt_accuracy"]})
     for setting in recipe.settings:
-        result = evaluate_pipeline(
+        result, stats[setting.key] = evaluate_pipeline(
             pipeline, extractor, setting, reference=reference, samples=recipe.eval_samples,
             batch_size=recipe.eval_batch_size,
         )  # fmt: skip
         out["settings"].append(result)
         emit("eval")({k: v for k, v in result.items() if k != "prompt_accuracy_by_class"})
+    if recipe.stats_out is not None:
+        _save_stats(stats, recipe.stats_out)
+        out["stats_file"] = str(recipe.stats_out)
     return out
+
+
+def _save_stats(stats: dict[str, FeatureStats], path: Path) -> None:
+    """Each evaluation's feature mean and covariance (``KEY_mu``, ``KEY_sigma``, ``KEY_count``) as .npz."""
+    arrays: dict[str, Any] = {}
+    for key, s in stats.items():
+        arrays.update({f"{key}_mu": s.mean(), f"{key}_sigma": s.cov(), f"{key}_count": np.int64(s.count)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
 
 
 def run_recipe(recipe: LatentRecipe, *, emit: EmitFactory) -> dict[str, Any]:
