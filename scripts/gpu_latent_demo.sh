@@ -10,11 +10,11 @@
 #   scripts/gpu_latent_demo.sh OUTDIR --smoke      (the whole path on a CPU: tiny networks, a few minutes)
 #
 # On a machine with torch but without the [diffusers] extra (the device machine), run
-# `scripts/latent_carry.sh` first and carry .whl and .data-xz: the wheels are installed into /tmp/site
-# and Fashion-MNIST is unpacked from .data-xz/*.xz. Env (defaults): VAE_SECONDS (60), DENOISER_SECONDS
-# (240), BATCH (512), LR (5e-4), EVAL (ddim:50:3,dpmpp_2m:10:3: scheduler:steps:guidance), EVAL_SAMPLES
-# (10000), SEED (0), DEVICE (cuda; cpu with --smoke), DATA (a folder of the four *-ubyte.gz files),
-# PYTHON (python3).
+# `scripts/latent_carry.sh` first and carry .latent-carry: its site-pyVER.tar.xz (the python3 there's
+# VER) is unpacked into /tmp/site and Fashion-MNIST from its fashion-mnist/*.xz into /tmp/fashion-mnist.
+# Env (defaults): VAE_SECONDS (60), DENOISER_SECONDS (240), BATCH (512), LR (5e-4), EVAL
+# (ddim:50:3,dpmpp_2m:10:3: scheduler:steps:guidance), EVAL_SAMPLES (10000), SEED (0), DEVICE (cuda; cpu
+# with --smoke), DATA (a folder of the four *-ubyte.gz files), CARRY (.latent-carry), PYTHON (python3).
 set -uo pipefail
 OUTDIR=${1:?usage: scripts/gpu_latent_demo.sh OUTDIR [--smoke]}
 SMOKE=${2:-}
@@ -22,28 +22,32 @@ PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUTDIR"
 start=$(date +%s)
-if ! $PY -c "import diffusers, transformers, torch_fidelity" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-DATA=${DATA:-}
-if [ -z "$DATA" ] && ls .data-xz/*-ubyte.xz >/dev/null 2>&1; then
-    DATA=/tmp/fashion-mnist
-    $PY - .data-xz "$DATA" <<'PYEOF' || exit 1
-import gzip, lzma, pathlib, sys
-src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-dst.mkdir(parents=True, exist_ok=True)
-for f in sorted(src.glob("*-ubyte.xz")):
-    with gzip.open(dst / (f.stem + ".gz"), "wb", compresslevel=1) as out:
+CARRY=${CARRY:-.latent-carry}
+$PY - "$CARRY" <<'PYEOF' || exit 1
+import gzip, importlib.util, lzma, pathlib, sys, tarfile
+carry = pathlib.Path(sys.argv[1])
+site = carry / f"site-py{sys.version_info.major}.{sys.version_info.minor}.tar.xz"
+needed = ("diffusers", "transformers", "torch_fidelity")
+if site.is_file() and not all(importlib.util.find_spec(m) for m in needed):
+    with tarfile.open(site) as tar:
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # 3.12+; older: trusted file
+        tar.extractall("/tmp/site", **safe)
+    print("unpacked", site, "into /tmp/site")
+data = pathlib.Path("/tmp/fashion-mnist")
+for f in sorted((carry / "fashion-mnist").glob("*-ubyte.xz")):
+    data.mkdir(parents=True, exist_ok=True)
+    with gzip.open(data / (f.stem + ".gz"), "wb", compresslevel=1) as out:
         out.write(lzma.decompress(f.read_bytes()))
-print("unpacked", len(list(dst.glob("*.gz"))), "Fashion-MNIST files to", dst)
+    print("unpacked", f, "into", data)
 PYEOF
-fi
+[ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+DATA=${DATA:-}
+[ -z "$DATA" ] && ls /tmp/fashion-mnist/*-ubyte.gz >/dev/null 2>&1 && DATA=/tmp/fashion-mnist
 [ -n "$DATA" ] || DATA=/usr/share/datasets/fashion-mnist
 $PY -c "import diffusers, transformers, torch_fidelity, torch; print('python', __import__('sys').version.split()[0],
 'torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)" || {
-    echo "diffusers/transformers/torch-fidelity not importable: run scripts/latent_carry.sh and carry .whl" >&2; exit 1; }
+    echo "diffusers/transformers/torch-fidelity not importable: run scripts/latent_carry.sh, carry $CARRY" >&2
+    exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 if [ "$SMOKE" = --smoke ]; then DEVICE=${DEVICE:-cpu}; EXTRA=(--smoke); else DEVICE=${DEVICE:-cuda}; EXTRA=(); fi
 echo "setup: $(( $(date +%s) - start )) s"
