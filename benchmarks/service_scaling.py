@@ -207,7 +207,7 @@ def _worker_main(index: int, url: str, config: RunConfig, ready: Any, go: Any, r
     os.dup2(fd, 2)
     clock = DbClock()
     clock.install()
-    from skiptune.search.worker import run_worker
+    from skiptune.search.worker.loop import run_worker
 
     started: dict[str, float] = {}
 
@@ -573,7 +573,7 @@ def _throughput(result: RunResult, evaluated: list[Any], ends: list[dt.datetime]
 def _preload() -> None:
     """Import the heavy modules once in this process: forked workers share their pages."""
     import skiptune.nets.registry
-    import skiptune.search.worker  # noqa: F401
+    import skiptune.search.worker.loop  # noqa: F401
 
 
 def _memory_guard(n: int, pss_mib: float | None, limit_gib: float) -> str | None:

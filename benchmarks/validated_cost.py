@@ -21,10 +21,10 @@ from optuna.trial import TrialState
 from skiptune.devices import resolve_device
 from skiptune.nets.registry import load_model
 from skiptune.search import records as rec
-from skiptune.search.experiment import load_experiment
-from skiptune.search.objective import build_objective
+from skiptune.search.experiment.state import load_experiment
 from skiptune.search.query import answer_of
 from skiptune.search.study import find_studies
+from skiptune.search.worker.objective import build_objective
 from skiptune.skips import SkipSchedule
 from skiptune.storage import open_storage
 

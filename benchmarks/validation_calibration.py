@@ -25,10 +25,10 @@ from skiptune.nets.registry import load_model
 from skiptune.objectives.features import create_extractor
 from skiptune.objectives.fid import FDObjective
 from skiptune.objectives.frechet import FeatureStats
-from skiptune.objectives.holdout import block_stats, from_block_stats
+from skiptune.objectives.holdout import from_block_stats
 from skiptune.objectives.reference import load_reference, resolve_reference
 from skiptune.objectives.spec import ObjectiveSpec
-from skiptune.search.validate import compare
+from skiptune.search.experiment.validation import compare
 from skiptune.skips import SkipSchedule
 
 POOL_SEED_BASE = 5_000_000_000  # far from search (0..) and default held-out (1e9..) seeds
@@ -45,8 +45,8 @@ def calibrate_pair(objective: FDObjective, schedule: SkipSchedule, args: argpars
     size = args.pool // (args.replicates * args.blocks)
     bounds = [(i * size, (i + 1) * size) for i in range(args.replicates * args.blocks)]
     t0 = time.perf_counter()
-    base = block_stats(objective, SkipSchedule(), seed_base=POOL_SEED_BASE, bounds=bounds)
-    cand = block_stats(objective, schedule, seed_base=POOL_SEED_BASE, bounds=bounds)
+    base = objective.block_stats(SkipSchedule(), seed_base=POOL_SEED_BASE, bounds=bounds)
+    cand = objective.block_stats(schedule, seed_base=POOL_SEED_BASE, bounds=bounds)
     seconds = time.perf_counter() - t0
     params = {"rho_bottom": schedule.rho_bottom, "rho_top": schedule.rho_top}
     rows = []

@@ -31,14 +31,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module, metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from skiptune.errors import SkiptuneError
+from skiptune.plugin_types import FeatureExtractor, ImageSource
 from skiptune.registry import Registry
-
-if TYPE_CHECKING:  # the registries hold these; importing them here would run the layers below
-    from skiptune.objectives.data import ImageSource
-    from skiptune.objectives.features import FeatureExtractor
 
 ENTRY_POINT_GROUP = "skiptune.plugins"
 # loaded first, whatever the installed metadata says: the general-purpose extractors, then the demo

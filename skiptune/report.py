@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from skiptune.errors import SkiptuneError
 from skiptune.io import atomic_write, check_output_dir
-from skiptune.search.experiment import load_experiment
+from skiptune.search.experiment.state import load_experiment
 from skiptune.search.query import BestCoefficients, answer_of, summary_rows
 from skiptune.search.records import PRIOR, ROLE_ATTR
 from skiptune.search.study import find_studies

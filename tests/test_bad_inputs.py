@@ -269,7 +269,8 @@ def test_sample_seeds_past_32_bits(files: Files, capsys: pytest.CaptureFixture[s
 
 
 def test_the_hard_limits_are_one_definition() -> None:
-    from skiptune.search import growth, space
+    from skiptune.search import space
+    from skiptune.search.experiment import growth
     from skiptune.skips import RHO_HARD_LIMITS
 
     assert growth.RHO_HARD_LIMITS is RHO_HARD_LIMITS and space.RHO_HARD_LIMITS is RHO_HARD_LIMITS

@@ -37,13 +37,13 @@ from skiptune.errors import SkiptuneError
 from skiptune.search import lineage
 from skiptune.search import records as rec
 from skiptune.search.budget import counts_against_budget, used_budget
-from skiptune.search.experiment import load_experiment
-from skiptune.search.objective import build_objective
-from skiptune.search.resilience import PERMANENT, TRANSIENT, StorageGuard, StorageUnavailable, classify
-from skiptune.search.stale import StaleSweep
+from skiptune.search.experiment.state import load_experiment
+from skiptune.search.experiment.validation import NO_GAIN, VALIDATED
 from skiptune.search.study import find_studies
-from skiptune.search.validate import NO_GAIN, VALIDATED
-from skiptune.search.worker import run_worker
+from skiptune.search.worker.loop import run_worker
+from skiptune.search.worker.objective import build_objective
+from skiptune.search.worker.resilience import PERMANENT, TRANSIENT, StorageGuard, StorageUnavailable, classify
+from skiptune.search.worker.stale import StaleSweep
 from skiptune.storage import normalize_url, open_storage
 
 if TYPE_CHECKING:

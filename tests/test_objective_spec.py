@@ -14,10 +14,10 @@ from skiptune.errors import SkiptuneError
 from skiptune.nets.registry import load_model
 from skiptune.objectives.features import create_extractor, extractor_name
 from skiptune.objectives.spec import ObjectiveSpec, check_rungs, default_rungs
-from skiptune.search.objective import study_specs
 from skiptune.search.pruning import RungPruner
 from skiptune.search.space import SearchSpace
 from skiptune.search.study import StudySpec
+from skiptune.search.worker.objective import study_specs
 
 RESULTS_DB = Path(__file__).resolve().parents[1] / "docs" / "results" / "wave1" / "results.db"
 SPEC = make_spec().objective  # tiny, 6 features, /r.npz, sha256 a..a, 16 samples, rungs 8,16

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from skiptune.search.algorithms import build_sampler
 from skiptune.search.records import ask, claim_study_attr, fresh_trials, read_many
 from skiptune.search.space import SearchSpace
-from skiptune.search.stale import StaleSweep
+from skiptune.search.worker.stale import StaleSweep
 from skiptune.storage import open_storage
 
 pytest_plugins = ["storage_fixtures"]  # storage_url: SQLite file or fresh PostgreSQL database
@@ -117,7 +117,7 @@ def test_a_claimed_study_attr_has_one_writer_however_many_race(storage_url: str)
     from types import SimpleNamespace
 
     from skiptune.errors import SkiptuneError
-    from skiptune.search.precision import check_precision
+    from skiptune.search.worker.precision import check_precision
 
     sid = optuna.create_study(study_name="s", storage=open_storage(storage_url))._study_id
     storages = [open_storage(storage_url) for _ in range(6)]  # six workers, each its own engine

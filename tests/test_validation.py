@@ -28,12 +28,12 @@ from skiptune.cli import main as cli
 from skiptune.errors import SkiptuneError
 from skiptune.objectives.holdout import BlockDistances, block_bounds
 from skiptune.search import records as rec
-from skiptune.search.experiment import load_experiment, pending_candidates
+from skiptune.search.experiment.state import load_experiment, pending_candidates
+from skiptune.search.experiment.validation import NO_GAIN, VALIDATED, ValidationSettings, compare, decide
 from skiptune.search.query import best_coefficients, summary_rows
 from skiptune.search.space import BASELINE_PARAMS
 from skiptune.search.study import find_studies
-from skiptune.search.validate import NO_GAIN, VALIDATED, ValidationSettings, compare, decide
-from skiptune.search.worker import run_worker
+from skiptune.search.worker.loop import run_worker
 from skiptune.storage import open_storage
 
 if TYPE_CHECKING:

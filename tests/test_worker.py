@@ -25,11 +25,11 @@ from skiptune.cli import main as cli
 from skiptune.errors import EvaluationError, SkiptuneError
 from skiptune.objectives.reference import ReferenceStats, load_reference, save_reference
 from skiptune.search.budget import FAIL_ATTR, counts_against_budget
-from skiptune.search.objective import build_objective
 from skiptune.search.space import BASELINE_PARAMS
 from skiptune.search.study import ROLE_ATTR, find_studies
-from skiptune.search.trial_run import WORKER_ATTR
-from skiptune.search.worker import run_worker, run_worker_processes
+from skiptune.search.worker.loop import run_worker, run_worker_processes
+from skiptune.search.worker.objective import build_objective
+from skiptune.search.worker.trial_run import WORKER_ATTR
 from skiptune.storage import open_storage
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from helpers import tiny_precond
 from skiptune.cli import build_parser
 from skiptune.errors import SkiptuneError
 from skiptune.nets.fast import FastDenoiser
-from skiptune.search.worker import _fast_net
+from skiptune.search.worker.loop import _fast_net
 
 
 def test_auto_on_cpu_is_the_plain_network() -> None:
@@ -42,9 +42,9 @@ def test_a_study_keeps_the_precision_of_its_first_trial(tmp_path, capsys) -> Non
     from storage_fixtures import make_search_assets
 
     from skiptune.cli import main
-    from skiptune.search.precision import study_precision
     from skiptune.search.records import PRECISION_ATTR
     from skiptune.search.study import find_studies
+    from skiptune.search.worker.precision import study_precision
     from skiptune.storage import open_storage
 
     assets = make_search_assets(tmp_path / "assets")

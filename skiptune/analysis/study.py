@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from skiptune.errors import SkiptuneError
+from skiptune.search.experiment.validation import NO_GAIN
 from skiptune.search.query import BestCoefficients, best_coefficients, pick_study
-from skiptune.search.validate import NO_GAIN
 from skiptune.skips import SkipSchedule
 from skiptune.storage import open_storage
 

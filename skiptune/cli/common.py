@@ -167,7 +167,7 @@ def add_validation_options(parser: argparse.ArgumentParser) -> None:
 
 
 def validation_settings(args: argparse.Namespace, *, n_trials: int) -> Any:  # -> ValidationSettings
-    from skiptune.search.validate import ValidationSettings
+    from skiptune.search.experiment.validation import ValidationSettings
 
     return ValidationSettings.default_for(
         search_samples=args.n_samples,

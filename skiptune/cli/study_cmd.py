@@ -136,8 +136,8 @@ def _rungs(args: argparse.Namespace) -> list[int]:
 
 def _create(args: argparse.Namespace) -> int:
     from skiptune.nets.registry import load_model
-    from skiptune.search.objective import study_specs
     from skiptune.search.study import create_studies
+    from skiptune.search.worker.objective import study_specs
 
     space = SearchSpace(
         rho_bottom=parse_float_pair(args.rho_bottom_range, what="--rho-bottom-range"),

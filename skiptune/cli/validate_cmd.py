@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from skiptune.search.on_demand import request_validation, search_seeds
+    from skiptune.search.experiment.on_demand import request_validation, search_seeds
     from skiptune.search.query import pick_study
 
     if args.no_validate:

@@ -84,7 +84,7 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from skiptune.search.worker import run_worker, run_worker_processes
+    from skiptune.search.worker.loop import run_worker, run_worker_processes
 
     _check(args)
     url = normalize_url(storage_url(args))

@@ -15,13 +15,13 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
 
 from skiptune.errors import SkiptuneError
 from skiptune.io import load_npz
+from skiptune.plugin_types import ImageSource
 from skiptune.plugins import IMAGE_SOURCES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -77,18 +77,6 @@ def pad_to(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------ sources
-
-
-class ImageSource(Protocol):
-    """A finite set of images, read in batches; the fingerprint hashes the delivered pixels' origin."""
-
-    description: str
-
-    def __len__(self) -> int: ...
-
-    def batches(self, batch_size: int) -> Iterator[torch.Tensor]: ...
-
-    def fingerprint(self) -> str: ...
 
 
 class TensorSource:

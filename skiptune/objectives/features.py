@@ -11,12 +11,13 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 
 from skiptune.errors import SkiptuneError
 from skiptune.io import load_weights
+from skiptune.plugin_types import FeatureExtractor
 from skiptune.plugins import EXTRACTORS
 
 INCEPTION_WEIGHTS_ENV = "SKIPTUNE_INCEPTION_WEIGHTS"
@@ -30,18 +31,6 @@ DINOV2_WEIGHTS_FILE = "dinov2_vitl14_pretrain.pth"
 TORCHSCRIPT_PREFIX = "torchscript:"
 
 
-@runtime_checkable
-class FeatureExtractor(Protocol):
-    """Maps uint8 images ``[N,C,H,W]`` (any device) to float32 features ``[N, feature_dim]`` on ``device``."""
-
-    name: str
-    feature_dim: int
-    input_channels: int
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
-
-
-ExtractorFactory = Callable[..., FeatureExtractor]  # (*, device, weights_path) -> FeatureExtractor
 # EXTRACTORS lives with the other plugin registries (skiptune.plugins); register_extractors() below
 # adds the general-purpose ones, plugins add theirs
 

@@ -10,21 +10,19 @@ images are made.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 
 from skiptune.errors import EvaluationError, SkiptuneError
-from skiptune.objectives.features import FeatureExtractor
+from skiptune.objectives.features import FeatureExtractor, create_extractor
 from skiptune.objectives.frechet import FeatureStats, frechet_distance
+from skiptune.objectives.holdout import BlockDistances, block_bounds, from_block_stats
 from skiptune.objectives.reference import ReferenceStats, check_compatible
 from skiptune.objectives.spec import ObjectiveSpec
 from skiptune.sampling import SAMPLERS, generate_images
 from skiptune.skips import SkipSchedule, skip_tuning
-
-if TYPE_CHECKING:
-    from skiptune.objectives.holdout import BlockDistances
 
 
 class FDObjective:
@@ -67,6 +65,32 @@ class FDObjective:
         self.n_samples, self.rungs, self.seed_base = spec.n_samples, spec.rungs, spec.seed_base
         self.batch_size, self.device, self.progress = batch_size, torch.device(device), progress
 
+    @classmethod
+    def from_spec(
+        cls,
+        spec: ObjectiveSpec,
+        net: torch.nn.Module,
+        *,
+        sampler: str,
+        nfe: int,
+        settings: Mapping[str, Any],
+        device: torch.device,
+        batch_size: int,
+    ) -> FDObjective:
+        """The objective ``spec`` describes, on ``device``: this machine's extractor and checked reference."""
+        return cls(
+            spec=spec,
+            denoiser=net,
+            sampler=sampler,
+            nfe=nfe,
+            extractor=create_extractor(spec.extractor, device=device),
+            reference=spec.checked_reference(),
+            sampler_settings=SAMPLERS.get(sampler).settings_from_dict(dict(settings)),
+            batch_size=batch_size,
+            device=device,
+            progress=False,
+        )
+
     def identity(self) -> dict[str, str]:
         """Everything that changes the number (the spec's identity for this sampler and NFE)."""
         settings = self.sampler_settings.to_dict() if hasattr(self.sampler_settings, "to_dict") else {}
@@ -104,13 +128,41 @@ class FDObjective:
                     side.synchronize()
                 yield rung, self._distance(stats)
 
+    def block_stats(
+        self, schedule: SkipSchedule, *, seed_base: int, bounds: list[tuple[int, int]]
+    ) -> list[FeatureStats]:
+        """Feature statistics of seeds ``seed_base + start .. seed_base + stop - 1`` per ``(start, stop)``."""
+        if seed_base < 0:
+            raise SkiptuneError(f"bad held-out seed base {seed_base}: expected a non-negative integer")
+        device = getattr(self.extractor, "device", self.device)
+        side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        per_block = []
+        with skip_tuning(self.denoiser, schedule):
+            for start, stop in bounds:
+                stats = FeatureStats(self.extractor.feature_dim, device=device)
+                for batch in generate_images(
+                    self.denoiser,
+                    sampler=self.sampler,
+                    nfe=self.nfe,
+                    seeds=range(seed_base + start, seed_base + stop),
+                    batch_size=self.batch_size,
+                    device=self.device,
+                    settings=self.sampler_settings,
+                ):
+                    self._extract(batch, stats, side)
+                per_block.append(stats)
+        if side is not None:
+            side.synchronize()
+        return per_block
+
     def block_distances(
         self, schedule: SkipSchedule, *, seed_base: int, n_samples: int, blocks: int
     ) -> BlockDistances:
-        """Held-out distances of ``schedule`` on other seeds, in blocks (see ``objectives.holdout``)."""
-        from skiptune.objectives.holdout import block_distances
-
-        return block_distances(self, schedule, seed_base=seed_base, n_samples=n_samples, blocks=blocks)
+        """Held-out distances of seeds ``seed_base .. seed_base + n_samples - 1`` under ``schedule``: over
+        all of them and with each of ``blocks`` contiguous blocks left out (``objectives.holdout``)."""
+        bounds = block_bounds(n_samples, blocks)
+        per_block = self.block_stats(schedule, seed_base=seed_base, bounds=bounds)
+        return from_block_stats(per_block, self._distance, seed_base=seed_base)
 
     def _extract(self, batch: torch.Tensor, stats: FeatureStats, side: torch.cuda.Stream | None) -> None:
         """Features of one batch; on CUDA on a side stream, overlapping the next batch's sampling."""

@@ -1,10 +1,11 @@
-"""Held-out evaluation in blocks: the distance over all samples and with each block of seeds left out.
+"""Held-out blocks: the distance over all samples and with each block of seeds left out.
 
 A validation job samples ``n_samples`` seeds that no search trial used, split into ``blocks`` contiguous
 blocks of seeds. Feature statistics are sums, so the statistics of "every block but b" are the total minus
 block b (float64): one pass over the images gives the full distance and the ``blocks`` leave-one-out
-distances a delete-a-group jackknife needs (``skiptune.search.validate`` turns those into a standard
-error). Seeds, not batches, define the blocks, so batch size and device never change them.
+distances a delete-a-group jackknife needs (``skiptune.search.experiment.validation`` turns those into a
+standard error). Seeds, not batches, define the blocks, so batch size and device never change them.
+This module is the blocks' arithmetic; ``FDObjective.block_distances`` (``fid.py``) samples them.
 """
 
 from __future__ import annotations
@@ -14,13 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from skiptune.errors import SkiptuneError
-from skiptune.objectives.fid import FDObjective
 from skiptune.objectives.frechet import FeatureStats
-from skiptune.sampling import generate_images
-from skiptune.skips import SkipSchedule, skip_tuning
 
 
 @dataclass(frozen=True)
@@ -69,34 +65,6 @@ def _without(total: FeatureStats, block: FeatureStats) -> FeatureStats:
     return rest
 
 
-def block_stats(
-    objective: FDObjective, schedule: SkipSchedule, *, seed_base: int, bounds: list[tuple[int, int]]
-) -> list[FeatureStats]:
-    """Feature statistics of seeds ``seed_base + start .. seed_base + stop - 1`` per ``(start, stop)``."""
-    if seed_base < 0:
-        raise SkiptuneError(f"bad held-out seed base {seed_base}: expected a non-negative integer")
-    device = getattr(objective.extractor, "device", objective.device)
-    side = torch.cuda.Stream(objective.device) if objective.device.type == "cuda" else None
-    per_block = []
-    with skip_tuning(objective.denoiser, schedule):
-        for start, stop in bounds:
-            stats = FeatureStats(objective.extractor.feature_dim, device=device)
-            for batch in generate_images(
-                objective.denoiser,
-                sampler=objective.sampler,
-                nfe=objective.nfe,
-                seeds=range(seed_base + start, seed_base + stop),
-                batch_size=objective.batch_size,
-                device=objective.device,
-                settings=objective.sampler_settings,
-            ):
-                objective._extract(batch, stats, side)
-            per_block.append(stats)
-    if side is not None:
-        side.synchronize()
-    return per_block
-
-
 def from_block_stats(
     per_block: list[FeatureStats], distance: Callable[[FeatureStats], float], *, seed_base: int
 ) -> BlockDistances:
@@ -110,11 +78,3 @@ def from_block_stats(
         n_samples=total.count,
         seed_base=seed_base,
     )
-
-
-def block_distances(
-    objective: FDObjective, schedule: SkipSchedule, *, seed_base: int, n_samples: int, blocks: int
-) -> BlockDistances:
-    """Distances of seeds ``seed_base ..`` ``seed_base + n_samples - 1`` under ``schedule``, in ``blocks``."""
-    per_block = block_stats(objective, schedule, seed_base=seed_base, bounds=block_bounds(n_samples, blocks))
-    return from_block_stats(per_block, objective._distance, seed_base=seed_base)

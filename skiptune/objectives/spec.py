@@ -2,9 +2,10 @@
 
 ``ObjectiveSpec`` names the feature extractor, the reference statistics (a registered name or absolute path,
 and the sha256 of the statistics), the sample count, the rungs and the seed base. A study stores it as
-``to_args()`` and hashes ``identity(...)`` into its name; a worker rebuilds it with ``from_args`` and gets
-the objective with ``build``. The identity's keys and values are a frozen wire format: study names hash
-them, so existing databases find their studies only while they stay exactly as they are.
+``to_args()`` and hashes ``identity(...)`` into its name; a worker rebuilds it with ``from_args`` and
+gets the objective with ``FDObjective.from_spec``. The identity's keys and values are a frozen wire
+format: study names hash them, so existing databases find their studies only while they stay exactly as
+they are.
 """
 
 from __future__ import annotations
@@ -13,17 +14,12 @@ import itertools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-import torch
+from typing import Any
 
 from skiptune.errors import SkiptuneError
-from skiptune.objectives.features import FeatureExtractor, create_extractor, extractor_name
+from skiptune.objectives.features import FeatureExtractor, extractor_name
 from skiptune.objectives.reference import ReferenceStats, load_reference, resolve_reference
 from skiptune.seeds import check_seed_range
-
-if TYPE_CHECKING:
-    from skiptune.objectives.fid import FDObjective
 
 
 def check_rungs(rungs: Sequence[int], n_samples: int | None = None) -> tuple[int, ...]:
@@ -153,30 +149,3 @@ class ObjectiveSpec:
                 f"objective was created with {expected[:12]}...; copy the study's file"
             )
         return reference
-
-    def build(
-        self,
-        net: torch.nn.Module,
-        *,
-        sampler: str,
-        nfe: int,
-        settings: Mapping[str, Any],
-        device: torch.device,
-        batch_size: int,
-    ) -> FDObjective:
-        """The objective on ``device``: this machine's extractor and (checked) reference statistics."""
-        from skiptune.objectives.fid import FDObjective
-        from skiptune.sampling import SAMPLERS
-
-        return FDObjective(
-            spec=self,
-            denoiser=net,
-            sampler=sampler,
-            nfe=nfe,
-            extractor=create_extractor(self.extractor, device=device),
-            reference=self.checked_reference(),
-            sampler_settings=SAMPLERS.get(sampler).settings_from_dict(dict(settings)),
-            batch_size=batch_size,
-            device=device,
-            progress=False,
-        )

@@ -11,11 +11,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from skiptune.errors import SkiptuneError
 from skiptune.search.budget import used_budget
-from skiptune.search.experiment import UNVALIDATED, Experiment, load_experiment, param_key
+from skiptune.search.experiment.state import UNVALIDATED, Experiment, load_experiment, param_key
+from skiptune.search.experiment.validation import NO_GAIN, VALIDATED
 from skiptune.search.records import BASELINE, ROLE_ATTR
 from skiptune.search.space import schedule_from_params
 from skiptune.search.study import StoredStudy, find_studies
-from skiptune.search.validate import NO_GAIN, VALIDATED
 from skiptune.storage import open_storage
 
 

@@ -28,7 +28,6 @@ import optuna
 import sqlalchemy
 import sqlalchemy.exc
 import sqlalchemy.orm
-from optuna.storages._cached_storage import _CachedStorage
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 # ---- study attributes of a main study
@@ -76,8 +75,29 @@ FAILED_TRIAL = "failed_trial"  # system attr of a re-run (as ``RetryHeartbeatSta
 CLAIM_ATTR = "skiptune_rerun_claim"  # system attr: who re-runs this trial ({"by": token, "at": unix time})
 
 
+_SUFFIXES = {GROW: "grow", VALIDATION: "validate"}  # companion kind -> name suffix before its index
+
+
 def companion_name(main: str, kind: str, index: int) -> str:
-    return f"{main}/{'grow' if kind == GROW else 'validate'}{index}"
+    return f"{main}/{_SUFFIXES[kind]}{index}"
+
+
+def is_companion(main: str, name: str) -> bool:
+    """Whether study ``name`` belongs to the experiment of main study ``main`` (the one place that knows
+    a companion's name is ``{main}/...``; ``parse_companion`` says which one it is)."""
+    return name.startswith(main + "/")
+
+
+def parse_companion(main: str, name: str) -> tuple[str, int] | None:
+    """``(kind, index)`` of companion ``name`` of ``main``, or None where the name is not one."""
+    if not is_companion(main, name):
+        return None
+    suffix = name[len(main) + 1 :]
+    for kind, word in _SUFFIXES.items():
+        digits = suffix[len(word) :]
+        if suffix.startswith(word) and digits.isdigit():
+            return kind, int(digits)
+    return None
 
 
 def study_id(study: optuna.Study) -> int:
@@ -93,43 +113,36 @@ def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
 
 
 def fresh_trials(storage: optuna.storages.BaseStorage, sid: int) -> list[FrozenTrial]:
-    """All trials as the database holds them now.
+    """All trials of study ``sid`` as the database holds them now (``read_many`` for one study).
 
     A finished trial never changes again (Optuna refuses every update to it), so on an RDB storage
     finished trials are read once per process and kept: each call reads only the trials that were
-    unfinished at the last call and the ones created since (Optuna's ``_CachedStorage`` read path).
-    Without this a worker re-read every trial of every study at each turn of its loop, which made the
-    database time per trial grow with the number of trials (benchmarks/service_scaling.py).
+    unfinished at the last call and the ones created since. Without this a worker re-read every trial
+    of every study at each turn of its loop, which made the database time per trial grow with the
+    number of trials (benchmarks/service_scaling.py). A study that does not exist raises ``KeyError``.
     """
-    return _reader(storage).get_all_trials(sid, deepcopy=False)
+    trials = read_many(storage, [sid])[sid]
+    if not trials:
+        storage.get_study_name_from_id(sid)  # KeyError for an unknown study, as Optuna's own read
+    return trials
 
 
-_readers: weakref.WeakKeyDictionary[optuna.storages.RDBStorage, _CachedStorage] = weakref.WeakKeyDictionary()
 _readers_lock = threading.Lock()
 
 
-def _reader(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
-    if isinstance(storage, _CachedStorage) or not isinstance(storage, optuna.storages.RDBStorage):
-        return storage  # already cached (a study's storage), or no SQL behind it (in-memory, gRPC proxy)
-    with _readers_lock:
-        reader = _readers.get(storage)
-        if reader is None:
-            reader = _readers[storage] = _CachedStorage(storage)
-        return reader
-
-
 def read_many(storage: optuna.storages.BaseStorage, sids: list[int]) -> dict[int, list[FrozenTrial]]:
-    """``{sid: fresh_trials(storage, sid)}`` for many studies at once: on an RDB storage one query
-    (and one load per trial table) reads the unfinished and new trials of all of them, where
-    ``fresh_trials`` costs seven statements per study. The worker's loop reads every study it serves
-    at each turn, so this is most of its reading (benchmarks/service_scaling.py)."""
+    """``{sid: trials}`` for many studies at once: on an RDB storage one query (and one load per trial
+    table) reads the unfinished and new trials of all of them, where Optuna's own read costs seven
+    statements per study; finished trials come from this process's one cache (``_TrialCache``). The
+    worker's loop reads every study it serves at each turn, so this is most of its reading
+    (benchmarks/service_scaling.py). Other storages (in-memory, the gRPC proxy) are read directly."""
     backend = _rdb(storage)
     cache = _many_readers.get(backend) if backend is not None else None
     if backend is not None and cache is None:
         with _readers_lock:
             cache = _many_readers.setdefault(backend, _TrialCache(backend))
     if cache is None or not cache.usable:
-        return {sid: fresh_trials(storage, sid) for sid in sids}
+        return {sid: storage.get_all_trials(sid, deepcopy=False) for sid in sids}
     return cache.refresh(sids)
 
 

@@ -23,6 +23,7 @@ from skiptune.errors import SkiptuneError
 from skiptune.objectives.spec import ObjectiveSpec
 from skiptune.search.algorithms import SEARCH_ALGORITHMS
 from skiptune.search.budget import fresh_trials, used_budget
+from skiptune.search.experiment.validation import ValidationSettings
 from skiptune.search.records import (
     BASELINE,
     BUDGET_ATTR,
@@ -36,7 +37,6 @@ from skiptune.search.records import (
     study_id,
 )
 from skiptune.search.space import BASELINE_PARAMS, SearchSpace
-from skiptune.search.validate import ValidationSettings
 
 
 def canonical(obj: Any) -> Any:

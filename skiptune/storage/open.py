@@ -66,7 +66,7 @@ def open_storage(
 
     ``heartbeat_interval``/``grace_period`` (seconds) turn on Optuna's heartbeat: a RUNNING trial
     whose process stopped beating for ``grace_period`` is stale (workers sweep those themselves,
-    ``skiptune.search.stale``; ``stale_trial_callback`` serves Optuna's own ``fail_stale_trials``).
+    ``skiptune.search.worker.stale``; ``stale_trial_callback`` serves Optuna's own ``fail_stale_trials``).
 
     ``read_only`` (the query verbs): a SQLite file must exist already (a typo'd path is refused, not
     created) and is opened read-only, so a database on a read-only disk or of another user can be

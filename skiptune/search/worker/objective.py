@@ -90,7 +90,8 @@ def build_objective(
 ) -> FDObjective:
     """The study's objective, rebuilt here on ``device`` (the worker checks its identity afterwards)."""
     try:
-        return spec.objective.build(
+        return FDObjective.from_spec(
+            spec.objective,
             net,
             sampler=spec.sampler,
             nfe=spec.nfe,

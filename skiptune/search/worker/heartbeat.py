@@ -18,7 +18,7 @@ from types import TracebackType
 from optuna.storages import BaseStorage
 
 from skiptune.search.records import reset_session
-from skiptune.search.resilience import StorageGuard, classify
+from skiptune.search.worker.resilience import StorageGuard, classify
 
 _log = logging.getLogger(__name__)
 

@@ -34,10 +34,10 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from skiptune.objectives.holdout import BlockDistances
 from skiptune.search import records as rec
 from skiptune.search.budget import used_budget
-from skiptune.search.growth import grown_space
+from skiptune.search.experiment.growth import grown_space
+from skiptune.search.experiment.validation import Decision, ValidationSettings, decide
 from skiptune.search.space import BASELINE_PARAMS, SearchSpace
 from skiptune.search.study import StoredStudy
-from skiptune.search.validate import Decision, ValidationSettings, decide
 
 _log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def load_experiment(
     rounds: list[Round] = []
     unready: list[tuple[str, int]] = []
     for frozen in storage.get_all_studies() if studies is None else studies:
-        if not frozen.study_name.startswith(main.name + "/"):
+        if not rec.is_companion(main.name, frozen.study_name):
             continue
         sid, cattrs = frozen._study_id, frozen.user_attrs
         kind = cattrs.get(rec.KIND_ATTR)
@@ -201,7 +201,7 @@ def load_experiment(
 
 def companion_ids(main: StoredStudy, studies: list[FrozenStudy]) -> list[int]:
     """The ids of the studies in ``studies`` whose trials ``load_experiment`` reads for ``main``."""
-    return [main.study_id, *(f._study_id for f in studies if f.study_name.startswith(main.name + "/"))]
+    return [main.study_id, *(f._study_id for f in studies if rec.is_companion(main.name, f.study_name))]
 
 
 # ------------------------------------------------------------------------------------------ transitions
@@ -332,13 +332,11 @@ def _fill_grow(
 
 
 def _fill_unready(storage: optuna.storages.BaseStorage, exp: Experiment, name: str, sid: int) -> None:
-    suffix = name[len(exp.main.name) + 1 :]
-    if suffix.startswith("validate"):
-        _fill_round(
-            storage, exp.main.name, name, sid, int(suffix[len("validate") :]), pending_candidates(exp)
-        )
-    elif suffix.startswith("grow") and (plan := growth_plan(exp)) is not None:
-        _fill_grow(storage, exp, name, sid, int(suffix[len("grow") :]), *plan)
+    kind, index = rec.parse_companion(exp.main.name, name) or ("", -1)
+    if kind == rec.VALIDATION:
+        _fill_round(storage, exp.main.name, name, sid, index, pending_candidates(exp))
+    elif kind == rec.GROW and (plan := growth_plan(exp)) is not None:
+        _fill_grow(storage, exp, name, sid, index, *plan)
 
 
 def job_distribution(value: float) -> FloatDistribution:

@@ -17,7 +17,6 @@ from skiptune.errors import EvaluationError
 from skiptune.objectives.holdout import BlockDistances
 from skiptune.search import lineage
 from skiptune.search.budget import within_budget
-from skiptune.search.heartbeat import Heartbeat
 from skiptune.search.records import (
     EVALUATION_FAILED,
     FAIL_ATTR,
@@ -30,9 +29,10 @@ from skiptune.search.records import (
     study_storage,
     trial_id,
 )
-from skiptune.search.resilience import StorageGuard
-from skiptune.search.stopping import StopSignal, WorkerStopped
 from skiptune.search.study import StudySpec
+from skiptune.search.worker.heartbeat import Heartbeat
+from skiptune.search.worker.resilience import StorageGuard
+from skiptune.search.worker.stopping import StopSignal, WorkerStopped
 from skiptune.skips import SkipSchedule
 
 _log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ import optuna
 
 from skiptune.search import lineage
 from skiptune.search import records as rec
-from skiptune.search.resilience import StorageGuard
+from skiptune.search.worker.resilience import StorageGuard
 
 
 class StaleSweep:

@@ -18,12 +18,12 @@ from optuna.trial import TrialState
 from skiptune.errors import EvaluationError
 from skiptune.search import lineage
 from skiptune.search import records as rec
-from skiptune.search.experiment import job_distribution
-from skiptune.search.resilience import StorageGuard
+from skiptune.search.experiment.state import job_distribution
+from skiptune.search.experiment.validation import ValidationSettings
 from skiptune.search.space import schedule_from_params
-from skiptune.search.stopping import StopSignal, WorkerStopped
-from skiptune.search.trial_run import Objective, TrialOutcome, fail_trial, release_trial, run_held
-from skiptune.search.validate import ValidationSettings
+from skiptune.search.worker.resilience import StorageGuard
+from skiptune.search.worker.stopping import StopSignal, WorkerStopped
+from skiptune.search.worker.trial_run import Objective, TrialOutcome, fail_trial, release_trial, run_held
 
 _log = logging.getLogger(__name__)
 

@@ -33,19 +33,19 @@ from skiptune.devices import resolve_device
 from skiptune.errors import SkiptuneError
 from skiptune.search.algorithms import build_sampler
 from skiptune.search.budget import fresh_trials, used_budget
-from skiptune.search.experiment import Experiment, advance, companion_ids, load_experiment
-from skiptune.search.heartbeat import heartbeat_interval
+from skiptune.search.experiment.state import Experiment, advance, companion_ids, load_experiment
+from skiptune.search.experiment.validation import ValidationSettings
 from skiptune.search.lineage import MAX_RETRIES, Held
-from skiptune.search.precision import check_precision
 from skiptune.search.pruning import RungPruner
 from skiptune.search.records import read_many, reset_session
-from skiptune.search.resilience import DEFAULT_DB_TIMEOUT_S, StorageGuard, first_line
-from skiptune.search.stale import StaleSweep
-from skiptune.search.stopping import StopSignal
 from skiptune.search.study import StoredStudy, StudySpec, canonical, find_studies
-from skiptune.search.trial_run import Objective, TrialOutcome, run_one_trial
-from skiptune.search.validate import ValidationSettings
-from skiptune.search.validation_run import run_validation_job
+from skiptune.search.worker.heartbeat import heartbeat_interval
+from skiptune.search.worker.precision import check_precision
+from skiptune.search.worker.resilience import DEFAULT_DB_TIMEOUT_S, StorageGuard, first_line
+from skiptune.search.worker.stale import StaleSweep
+from skiptune.search.worker.stopping import StopSignal
+from skiptune.search.worker.trial_run import Objective, TrialOutcome, run_one_trial
+from skiptune.search.worker.validation_run import run_validation_job
 from skiptune.storage import open_storage
 
 _log = logging.getLogger(__name__)
@@ -413,6 +413,6 @@ def run_worker_processes(storage_url: str, *, devices: Sequence[str], **kwargs: 
 def default_objective_factory(
     net: Any, spec: StudySpec, *, device: torch.device, batch_size: int
 ) -> Objective:
-    from skiptune.search.objective import build_objective
+    from skiptune.search.worker.objective import build_objective
 
     return build_objective(net, spec, device=device, batch_size=batch_size)

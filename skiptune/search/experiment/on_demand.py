@@ -8,9 +8,9 @@ import optuna
 
 from skiptune.errors import SkiptuneError
 from skiptune.search import records as rec
-from skiptune.search.experiment import create_round, load_experiment, pending_candidates
+from skiptune.search.experiment.state import create_round, load_experiment, pending_candidates
+from skiptune.search.experiment.validation import ValidationSettings
 from skiptune.search.study import StoredStudy
-from skiptune.search.validate import ValidationSettings
 
 
 def search_seeds(study: StoredStudy) -> tuple[int, int]:
