@@ -27,12 +27,17 @@ $PY - "$CARRY" <<'PYEOF' || exit 1
 import gzip, importlib.util, lzma, pathlib, sys, tarfile
 carry = pathlib.Path(sys.argv[1])
 site = carry / f"site-py{sys.version_info.major}.{sys.version_info.minor}.tar.xz"
-needed = ("diffusers", "transformers", "torch_fidelity")
+needed = ("diffusers", "transformers")
 if site.is_file() and not all(importlib.util.find_spec(m) for m in needed):
     with tarfile.open(site) as tar:
         safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # 3.12+; older: trusted file
         tar.extractall("/tmp/site", **safe)
     print("unpacked", site, "into /tmp/site")
+pillow = carry / f"pillow-py{sys.version_info.major}.{sys.version_info.minor}.tar.xz"
+if pillow.is_file() and importlib.util.find_spec("PIL") is None:
+    with tarfile.open(pillow) as tar:
+        tar.extractall("/tmp/site", **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    print("unpacked", pillow, "into /tmp/site")
 data = pathlib.Path("/tmp/fashion-mnist")
 for f in sorted((carry / "fashion-mnist").glob("*-ubyte.xz")):
     data.mkdir(parents=True, exist_ok=True)
@@ -44,9 +49,11 @@ PYEOF
 DATA=${DATA:-}
 [ -z "$DATA" ] && ls /tmp/fashion-mnist/*-ubyte.gz >/dev/null 2>&1 && DATA=/tmp/fashion-mnist
 [ -n "$DATA" ] || DATA=/usr/share/datasets/fashion-mnist
-$PY -c "import diffusers, transformers, torch_fidelity, torch; print('python', __import__('sys').version.split()[0],
+# torch-fidelity (with torchvision) only computes the distance; without it the log says why and
+# latent-demo-stats.npz still has what it needs.
+$PY -c "import diffusers, transformers, torch; print('python', __import__('sys').version.split()[0],
 'torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)" || {
-    echo "diffusers/transformers/torch-fidelity not importable: run scripts/latent_carry.sh, carry $CARRY" >&2
+    echo "diffusers/transformers not importable: run scripts/latent_carry.sh, carry $CARRY" >&2
     exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 if [ "$SMOKE" = --smoke ]; then DEVICE=${DEVICE:-cpu}; EXTRA=(--smoke); else DEVICE=${DEVICE:-cuda}; EXTRA=(); fi

@@ -5,7 +5,8 @@
 #   site-pyVER.tar.xz   the [diffusers] extra's import chain (diffusers, transformers + kernels,
 #                       tokenizers, safetensors, huggingface_hub, ...) at constraints/tested.txt's versions
 #                       plus torch-fidelity 0.4.0, unpacked wheels for CPython VER on manylinux x86-64
-#                       (about 16 MB instead of 30 MB of wheels)
+#                       (about 12 MB instead of 30 MB of wheels)
+#   pillow-pyVER.tar.xz Pillow, unpacked there only if the machine has none
 #   fashion-mnist/      the four idx files recompressed with xz (26.5 MB instead of 30.9 MB as .gz)
 #
 #   scripts/latent_carry.sh [CARRY] [PYTHON_VERSION]        (defaults .latent-carry 3.12)
@@ -40,8 +41,19 @@ if [ ! -s "$site" ]; then
     tar -C "$build/site" -cf - . | xz -9 -T2 > "$site.tmp" && mv "$site.tmp" "$site"
     rm -rf "$build"
 fi
+# Pillow on its own (diffusers imports it; the device's torchvision brings one): unpacked only where missing.
+pil="$CARRY/pillow-py$PYV.tar.xz"
+if [ ! -s "$pil" ]; then
+    build=$(mktemp -d)
+    $PY -m pip install -q --no-deps --no-compile --only-binary=:all: --python-version "$PYV" \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --target "$build/site" \
+        "$(grep -i '^pillow==' constraints/tested.txt)"
+    tar -C "$build/site" -cf - . | xz -9 -T2 > "$pil.tmp" && mv "$pil.tmp" "$pil"
+    rm -rf "$build"
+fi
 for f in "$SRC"/*-ubyte.gz; do
     out="$CARRY/fashion-mnist/$(basename "${f%.gz}").xz"
     [ -s "$out" ] || { zcat "$f" | xz -9 -T2 > "$out.tmp" && mv "$out.tmp" "$out"; }
 done
-du -sh "$site" "$CARRY/fashion-mnist" "$CARRY"
+du -sh "$site" "$pil" "$CARRY/fashion-mnist"; du -sh --apparent-size "$CARRY"
