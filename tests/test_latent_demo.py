@@ -161,7 +161,9 @@ def _tiny_fashion_mnist(folder: Path, n: int = 16) -> None:
 @pytest.mark.slow
 def test_recipe_trains_writes_and_measures_a_tiny_model(tmp_path: Path) -> None:
     _tiny_fashion_mnist(tmp_path / "fm")
-    recipe = LatentRecipe(out=tmp_path / "pipe", data=str(tmp_path / "fm"), device="cpu").smoke()
+    recipe = LatentRecipe(
+        out=tmp_path / "pipe", data=str(tmp_path / "fm"), device="cpu", stats_out=tmp_path / "stats.npz"
+    ).smoke()
     recipe = replace(recipe, vae=replace(recipe.vae, steps=2, batch_size=4),
                      denoiser=replace(recipe.denoiser, steps=2, batch_size=4),
                      eval_samples=4, eval_batch_size=4)  # fmt: skip
@@ -177,6 +179,16 @@ def test_recipe_trains_writes_and_measures_a_tiny_model(tmp_path: Path) -> None:
     assert 0.0 <= result["prompt_accuracy"] <= 1.0 and result["frechet_distance"] > 0
     assert set(result["prompt_accuracy_by_class"]) == set(CLASS_NAMES)
     assert log["evaluation"]["vae_roundtrip_test"]["samples"] == 4
+    # The saved statistics give back the logged distance (the device may lack torch-fidelity).
+    from skiptune.demo.bundled import DEMO_REFERENCE_PATH
+    from skiptune.objectives.frechet import frechet_distance
+    from skiptune.objectives.reference import load_reference
+
+    ref, key = load_reference(DEMO_REFERENCE_PATH), result["setting"]
+    with np.load(tmp_path / "stats.npz") as stats:
+        assert int(stats[f"{key}_count"]) == 4
+        distance = frechet_distance(stats[f"{key}_mu"], stats[f"{key}_sigma"], ref.mu, ref.sigma)
+    assert distance == pytest.approx(result["frechet_distance"], rel=1e-9)
 
 
 def test_cli_refuses_bad_eval_with_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
