@@ -497,3 +497,36 @@ def _check_fleet(url: str, budget: int, victims: list[FrozenTrial]) -> None:
         jobs = [t for r in exp.rounds for t in r.trials if t.state == TrialState.COMPLETE]
         keys = [tuple(sorted(rec.fixed_params(t).items())) for t in jobs]
         assert len(keys) == len(set(keys)) and keys, study.name  # each validation job evaluated exactly once
+
+
+def test_worker_started_while_postgres_is_down_waits(
+    search_assets: SearchAssets, throwaway_postgres: ThrowawayPostgres, tmp_path: Path
+) -> None:
+    """A worker (re)started during a database restart waits up to --db-timeout, then works."""
+    pg, url = throwaway_postgres, throwaway_postgres.url
+    assert cli([*search_assets.study_args(nfes="2,3", trials=1, storage=url), "--no-validate"]) == 0
+    pg.stop()
+    log = tmp_path / "w.log"
+    worker = search_assets.worker(url, log, extra=("--db-timeout", "90"))
+    try:
+        _wait_for(lambda: "database unreachable" in log.read_text(), "the worker to wait", 60)
+        time.sleep(2)
+        assert worker.poll() is None, log.read_text()  # still waiting, not exited 2
+        pg.start()
+        assert worker.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    text = log.read_text()
+    assert "Traceback" not in text and "database reachable again" in text, text[-3000:]
+    assert _finished(url) == 2  # both studies' one trial
+
+
+@pytest.mark.postgres
+def test_worker_start_refused_by_the_server_fails_at_once(postgres_url: str) -> None:
+    """Waiting cures an unreachable server, not a refusal (no such database): one line at once."""
+    url = sqlalchemy.engine.make_url(postgres_url).set(database="skiptune_no_such_db").render_as_string(False)
+    start = time.monotonic()
+    with pytest.raises(SkiptuneError, match='database "skiptune_no_such_db" does not exist'):
+        run_worker(url, model="demo", device="cpu", db_timeout=60)
+    assert time.monotonic() - start < 15

@@ -73,6 +73,7 @@ SUPERSEDED = "superseded"  # a copy made redundant (its original finished after 
 FIXED_PARAMS = "fixed_params"  # system attr of an enqueued trial (``Study.enqueue_trial``)
 FAILED_TRIAL = "failed_trial"  # system attr of a re-run (as ``RetryHeartbeatStaleTrialCallback`` writes it)
 CLAIM_ATTR = "skiptune_rerun_claim"  # system attr: who re-runs this trial ({"by": token, "at": unix time})
+BEAT_ATTR = "skiptune_beat"  # system attr: heartbeat counter behind the gRPC proxy (storage/proxy_client.py)
 
 
 _SUFFIXES = {GROW: "grow", VALIDATION: "validate"}  # companion kind -> name suffix before its index
@@ -341,11 +342,25 @@ def reset_session(storage: optuna.storages.BaseStorage) -> None:
             backend.scoped_session.remove()
 
 
+def running_liveness(storage: optuna.storages.BaseStorage, sid: int) -> list[tuple[int, float | None, Any]]:
+    """(trial id, heartbeat age, beat mark) of every RUNNING trial.
+
+    On an RDB storage the age is the seconds since its last heartbeat (None if it never beat) and
+    the mark None. Behind the gRPC proxy, which carries no heartbeat table, the age is None and the
+    mark is the trial's beat counter (``BEAT_ATTR``; None if it never beat): the caller judges how
+    long it has seen it unchanged.
+    """
+    if _rdb(storage) is None:
+        running = storage.get_all_trials(sid, deepcopy=False, states=(TrialState.RUNNING,))
+        return [(t._trial_id, None, t.system_attrs.get(BEAT_ATTR)) for t in running]
+    return [(tid, age, None) for tid, age in running_heartbeats(storage, sid)]
+
+
 def running_heartbeats(storage: optuna.storages.BaseStorage, sid: int) -> list[tuple[int, float | None]]:
     """(trial id, seconds since its last heartbeat, or None if it never beat) of every RUNNING trial.
 
     Ages are measured on the database's clock (the one that stamped the beats), so workers' clocks
-    may disagree. Empty for storages without heartbeats (the gRPC proxy).
+    may disagree. Empty for storages without a heartbeat table (the gRPC proxy).
     """
     backend = _rdb(storage)
     if backend is None:

@@ -96,11 +96,16 @@ def run_worker(
 
     ``precision="auto"`` runs the fast path on CUDA (bf16 + channels_last + torch.compile, see
     ``skiptune.nets.fast``) and plain fp32 elsewhere; ``"fp32"`` forces the plain network.
-    ``db_timeout``: seconds to wait for an unreachable database before giving up.
+    ``db_timeout``: seconds to wait for an unreachable database (or gRPC proxy) before giving up,
+    from the start on.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(storage_url, heartbeat_interval=heartbeat, grace_period=grace)
-    guard = StorageGuard(db_timeout, reset=lambda: reset_session(storage))
+    guard = StorageGuard(db_timeout)
+    # A worker started while its database (or proxy) is down waits for it as a running one does.
+    storage = guard.call(
+        lambda: open_storage(storage_url, heartbeat_interval=heartbeat, grace_period=grace, wait=False)
+    )
+    guard.reset = lambda: reset_session(storage)
     dev = resolve_device(device)
     from skiptune.nets.registry import load_model  # heavy import, after the cheap checks
 

@@ -18,6 +18,7 @@ import errno
 import logging
 import random
 import re
+import sys
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -67,6 +68,8 @@ def first_line(exc: BaseException) -> str:
         if inner is None or inner is seen:
             break
         seen = inner
+    if _is_rpc_error(seen):
+        return rpc_details(seen)
     text = _BACKGROUND.sub("", str(seen)).strip().splitlines()
     return text[0].strip() if text else type(seen).__name__
 
@@ -75,6 +78,8 @@ def classify(exc: BaseException) -> str | None:
     """TRANSIENT, PERMANENT, or None when ``exc`` is no storage failure at all."""
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
         return PERMANENT
+    if _is_rpc_error(exc):
+        return _classify_rpc(exc)
     storage_types = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
     if not isinstance(exc, storage_types):
         return None
@@ -101,7 +106,49 @@ def classify(exc: BaseException) -> str | None:
     return TRANSIENT if any(w in message for w in _TRANSIENT_WORDS) else PERMANENT
 
 
+# gRPC status codes (by name: grpcio is an optional extra) of a proxy that is down, restarting, busy or
+# cut off: retried like a database outage. UNKNOWN is an exception inside the proxy (its database went
+# away, say): judged by the message the proxy passes on.
+_TRANSIENT_RPC = (
+    "UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "RESOURCE_EXHAUSTED", "CANCELLED", "INTERNAL",
+)  # fmt: skip
+
+
+def _is_rpc_error(exc: BaseException) -> bool:
+    grpc = sys.modules.get("grpc")
+    return grpc is not None and isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None))
+
+
+def _classify_rpc(exc: BaseException) -> str:
+    code = getattr(exc.code(), "name", "")  # type: ignore[attr-defined]
+    if code in _TRANSIENT_RPC:
+        return TRANSIENT
+    if code == "UNKNOWN":
+        message = rpc_details(exc).lower()
+        if any(w in message for w in _PERMANENT_WORDS):
+            return PERMANENT
+        return TRANSIENT if any(w in message for w in _TRANSIENT_WORDS + _RPC_TRANSIENT_WORDS) else PERMANENT
+    return PERMANENT  # UNAUTHENTICATED, PERMISSION_DENIED, ...: retrying cannot help
+
+
+_RPC_TRANSIENT_WORDS = ("operationalerror", "storageinternalerror", "could not", "unreachable")
+
+
+def rpc_details(exc: BaseException) -> str:
+    """A gRPC error's own message (the proxy's exception text for UNKNOWN), first line."""
+    details = getattr(exc, "details", None)
+    text = (details() if callable(details) else None) or str(exc)
+    lines = text.strip().splitlines()
+    return lines[0].strip() if lines else type(exc).__name__
+
+
 def permanent_failure(exc: BaseException) -> StorageUnavailable:
+    if _is_rpc_error(exc):
+        return StorageUnavailable(
+            f"the gRPC storage proxy refused a call ({getattr(exc.code(), 'name', '?')}: "  # type: ignore[attr-defined]
+            f"{rpc_details(exc)}); check the proxy's log, its token (SKIPTUNE_PROXY_TOKEN) and TLS "
+            "settings, then start the worker again"
+        )
     reason = first_line(exc)
     if any(w in reason.lower() for w in _PERMANENT_WORDS):
         return StorageUnavailable(
@@ -126,7 +173,7 @@ class StorageGuard:
     ):
         """``reset``: drop this thread's database session (a cut connection leaves it unusable)."""
         self.timeout_s = timeout_s
-        self._reset = reset
+        self.reset = reset
         self._sleep = sleep
         self._down_since: float | None = None
         self._back_at = -float("inf")
@@ -157,7 +204,7 @@ class StorageGuard:
         if kind == PERMANENT:
             raise permanent_failure(exc) from None
         down = self.note_failure(exc)
-        self._reset()
+        self.reset()
         if time.monotonic() - down > self.timeout_s:
             raise StorageUnavailable(
                 f"the database stayed unreachable for {self.timeout_s:g} s ({first_line(exc)}); check that "
