@@ -152,7 +152,7 @@ def _the_experiment(url: str):  # -> Experiment
 
 def test_workers_search_then_validate(search_assets: SearchAssets, tmp_path: Path, capsys: Any) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    _create(search_assets, url, "--growth-trials", "0")
+    _create(search_assets, url, "--growth-trials", "0", "--refine-trials", "0", "--no-window")
     summary = run_worker(
         url, model=str(search_assets.model), device="cpu", batch_size=8, heartbeat=1, grace=3
     )
@@ -213,7 +213,8 @@ class _Bowl:
 
 def test_box_grows_towards_an_edge_optimum(search_assets: SearchAssets, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    _create(search_assets, url, "--growth-trials", "6", "--growth-edge", "0.3", trials=8)
+    no_stages = ("--refine-trials", "0", "--no-window")
+    _create(search_assets, url, "--growth-trials", "6", "--growth-edge", "0.3", *no_stages, trials=8)
     summary = run_worker(
         url, model=str(search_assets.model), device="cpu", heartbeat=1, grace=3,
         objective_factory=lambda net, spec, **_: _Bowl(spec),

@@ -15,26 +15,40 @@ on all blocks and ``theta_b`` the gain with block b left out (both sides without
 calibration on the demo model is measured in docs/results.md.
 
 Decision. The recommendation is the validated candidate with the best (lowest) held-out distance if its
-gain over the baseline exceeds ``threshold`` standard errors (default 2); otherwise the untouched network
+gain over the baseline exceeds the critical value in standard errors; otherwise the untouched network
 (1, 1), with status ``no-gain``. Equal held-out distances go to the larger z, then to the pair nearest
-(1, 1) (the smaller intervention).
+(1, 1) (the smaller intervention). Windowed candidates (the window stage, ``experiment.window``) are decided
+among themselves by the same rule, and a windowed answer replaces the full-range one only if its paired
+gain over the full-range answer, on the same blocks, also exceeds the critical value (``prefer_window``).
+
+Calibration. ``threshold`` (default 2) is a number of standard errors *as if normal*. With B blocks the
+jackknife s.e. has B - 1 degrees of freedom, so the gain / s.e. ratio is t-distributed, heavier-tailed
+than a normal: a fixed 2 covered ~88-92% (docs/results.md). Studies created now use ``calibration="t"``:
+the critical value is the Student-t quantile with B - 1 degrees of freedom at the normal's one-sided
+level for ``threshold`` (2 -> 97.7%: 2.32 for 10 blocks, 2.14 for 20, 3.31 for 4). Studies stored before
+this record no calibration and keep the fixed ``threshold`` (``"normal"``), so their answers do not move.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from skiptune.errors import SkiptuneError
 from skiptune.objectives.holdout import BlockDistances, block_bounds
 from skiptune.seeds import check_seed_range
 
+#: Windows screened on the search seeds by default (9 coarse ones, then local moves; see experiment.window).
+DEFAULT_WINDOW_TRIALS = 16
 #: Held-out seeds start this far above the search's seed base: disjoint from any search block below 1e9.
 HOLDOUT_OFFSET = 1_000_000_000
 VALIDATED = "validated"
 NO_GAIN = "no-gain"
+CALIBRATIONS = ("t", "normal")
+#: What a study stored before these settings existed behaves as (its answer must not move).
+_BEFORE_STAGES: dict[str, Any] = {"calibration": "normal", "window_trials": 0, "refine_trials": 0}
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,11 @@ class ValidationSettings:
     threshold: float = 2.0  # standard errors a gain must exceed
     growth_budget: int = 10  # extra search trials, all box growths together (0: never grow)
     edge: float = 0.05  # "at the edge": within this fraction of the box's width
+    calibration: str = "t"  # "t": Student-t critical value for `blocks`; "normal": `threshold` as is
+    window_trials: int = 0  # window stage: windows screened on the search seeds (0: no window stage)
+    window_candidates: int = 2  # window stage: screened windows validated on the held-out seeds
+    refine_trials: int = 0  # refinement: search trials in a small box around the answer (0: none)
+    refine_radius: float = 0.1  # refinement box half-width, as a fraction of the search box's width
 
     def __post_init__(self) -> None:
         block_bounds(self.n_samples, self.blocks)  # a clear error for too few samples per block
@@ -57,6 +76,11 @@ class ValidationSettings:
             (self.threshold > 0, f"threshold {self.threshold}", "a positive number of s.e., e.g. 2"),
             (self.growth_budget >= 0, f"growth budget {self.growth_budget}", "an integer >= 0 (0: off)"),
             (0 <= self.edge < 0.5, f"edge fraction {self.edge}", "a fraction in [0, 0.5), e.g. 0.05"),
+            (self.calibration in CALIBRATIONS, f"calibration {self.calibration!r}", "t or normal"),
+            (self.window_trials >= 0, f"window trials {self.window_trials}", "an integer >= 0 (0: off)"),
+            (self.window_candidates >= 1, f"window candidates {self.window_candidates}", "an integer >= 1"),
+            (self.refine_trials >= 0, f"refine trials {self.refine_trials}", "an integer >= 0 (0: off)"),
+            (0 < self.refine_radius <= 0.5, f"refine radius {self.refine_radius}", "a fraction in (0, 0.5]"),
         ]
         for ok, what, expected in checks:
             if not ok:
@@ -72,12 +96,24 @@ class ValidationSettings:
                 f"{search_seed_base + search_samples - 1}; choose a --validate-seed-base outside them"
             )
 
+    @property
+    def critical(self) -> float:
+        """The standard errors a gain must exceed: ``threshold`` as calibrated (see the module docstring)."""
+        if self.calibration == "normal":
+            return self.threshold
+        from scipy.stats import norm, t
+
+        return float(t.ppf(norm.cdf(self.threshold), self.blocks - 1))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ValidationSettings:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        """Settings as stored; keys a study stored before they existed keep that study's behaviour:
+        the fixed threshold, no window stage, no refinement."""
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**{**_BEFORE_STAGES, **known})
 
     @classmethod
     def default_for(
@@ -88,6 +124,8 @@ class ValidationSettings:
             n_samples=2 * search_samples,
             seed_base=search_seed_base + HOLDOUT_OFFSET,
             growth_budget=math.ceil(n_trials / 3),
+            window_trials=DEFAULT_WINDOW_TRIALS,
+            refine_trials=math.ceil(n_trials / 4),
         )
         return cls(**{**base, **{k: v for k, v in changes.items() if v is not None}})
 
@@ -146,8 +184,11 @@ def compare(params: dict[str, float], candidate: BlockDistances, baseline: Block
 class Decision:
     status: str  # VALIDATED or NO_GAIN
     params: dict[str, float]  # the recommendation ((1, 1) for no-gain)
-    best: Comparison  # the best validated candidate, significant or not
+    best: Comparison  # the recommended candidate (the best validated one, significant or not)
     comparisons: tuple[Comparison, ...]
+    full_range: Comparison | None = None  # with windowed candidates: the best full-range one
+    window: Comparison | None = None  # with windowed candidates: the best windowed one
+    versus_full: Comparison | None = None  # that window against the full-range answer (gain > 0: better)
 
 
 def _distance_to_identity(params: dict[str, float]) -> float:
@@ -169,3 +210,30 @@ def decide(
     significant = best.gain > 0 and best.gain > threshold * best.gain_se
     params = best.params if significant else dict(baseline_params)
     return Decision(VALIDATED if significant else NO_GAIN, params, best, comparisons)
+
+
+def prefer_window(
+    full: Decision,
+    full_answer: BlockDistances,
+    baseline_params: dict[str, float],
+    baseline: BlockDistances,
+    windowed: Sequence[tuple[dict[str, float], BlockDistances]],
+    *,
+    threshold: float,
+) -> Decision:
+    """The answer among the full-range decision ``full`` and ``windowed`` candidates (the same pair in a
+    sigma window), on the same held-out blocks. ``full_answer``: the held-out distances of ``full.params``
+    (the baseline's for no-gain). The best windowed candidate replaces the full-range answer only if it
+    beats the baseline by ``threshold`` s.e. (``decide``) *and* the full-range answer by ``threshold`` s.e.
+    of their paired difference; otherwise the full-range answer stands, with the window's evidence."""
+    if not windowed:
+        return full
+    inner = decide(baseline_params, baseline, windowed, threshold=threshold)
+    blocks = next(d for p, d in windowed if p == inner.best.params)
+    versus = compare(inner.best.params, blocks, full_answer)
+    wins = inner.status == VALIDATED and versus.gain > 0 and versus.gain > threshold * versus.gain_se
+    if not wins:
+        return replace(full, comparisons=full.comparisons + inner.comparisons, full_range=full.best,
+                       window=inner.best, versus_full=versus)  # fmt: skip
+    return Decision(VALIDATED, inner.params, inner.best, full.comparisons + inner.comparisons,
+                    full_range=full.best, window=inner.best, versus_full=versus)  # fmt: skip

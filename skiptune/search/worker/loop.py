@@ -304,7 +304,7 @@ class _Loop:
         """(search units with their used fraction, validation units with waiting jobs, running trials)."""
         search, validate, running = [], [], 0
         main = exp.main
-        for phase in exp.phases:
+        for phase in [*exp.phases, *exp.windows]:  # a window screen: enqueued search-seed trials
             spec = replace(main.spec, space=phase.space, n_trials=phase.budget)
             unit = Unit("search", main, phase.name, spec)
             failed = self.sweep.sweep(self.study(unit)) if self.sweep else 0

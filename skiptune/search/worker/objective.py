@@ -22,6 +22,7 @@ from skiptune.objectives.reference import load_reference
 from skiptune.objectives.spec import ObjectiveSpec
 from skiptune.plugins import REFERENCES
 from skiptune.sampling import SAMPLERS
+from skiptune.sampling.levels import evaluated_sigmas
 from skiptune.search.space import SearchSpace
 from skiptune.search.study import StudySpec
 
@@ -71,6 +72,7 @@ def study_specs(
         )  # fmt: skip
         specs.append(
             StudySpec(
+                sampler_sigmas=tuple(evaluated_sigmas(loaded.net, sampler, nfe)),
                 model=loaded.name,
                 model_fingerprint=loaded.fingerprint,
                 sampler=sampler,
