@@ -28,7 +28,8 @@ from skiptune.objectives.frechet import FeatureStats
 from skiptune.objectives.holdout import from_block_stats
 from skiptune.objectives.reference import load_reference, resolve_reference
 from skiptune.objectives.spec import ObjectiveSpec
-from skiptune.search.experiment.validation import ValidationSettings, compare
+from skiptune.search.experiment.validation import compare
+from skiptune.search.settings import ValidationSettings
 from skiptune.skips import SkipSchedule
 
 POOL_SEED_BASE = 5_000_000_000  # far from search (0..) and default held-out (1e9..) seeds

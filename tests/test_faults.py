@@ -42,9 +42,10 @@ from skiptune.search.experiment.validation import NO_GAIN, VALIDATED
 from skiptune.search.study import find_studies
 from skiptune.search.worker.loop import run_worker
 from skiptune.search.worker.objective import build_objective
-from skiptune.search.worker.resilience import PERMANENT, TRANSIENT, StorageGuard, StorageUnavailable, classify
+from skiptune.search.worker.resilience import StorageGuard, StorageUnavailable
 from skiptune.search.worker.stale import StaleSweep
 from skiptune.storage import normalize_url, open_storage
+from skiptune.storage.failures import PERMANENT, TRANSIENT, classify
 
 if TYPE_CHECKING:
     from storage_fixtures import SearchAssets

@@ -29,8 +29,9 @@ from skiptune.errors import SkiptuneError
 from skiptune.objectives.holdout import BlockDistances, block_bounds
 from skiptune.search import records as rec
 from skiptune.search.experiment.state import load_experiment, pending_candidates
-from skiptune.search.experiment.validation import NO_GAIN, VALIDATED, ValidationSettings, compare, decide
+from skiptune.search.experiment.validation import NO_GAIN, VALIDATED, compare, decide
 from skiptune.search.query import best_coefficients, summary_rows
+from skiptune.search.settings import ValidationSettings
 from skiptune.search.space import BASELINE_PARAMS
 from skiptune.search.study import find_studies
 from skiptune.search.worker.loop import run_worker

@@ -25,13 +25,7 @@ from skiptune.objectives.holdout import BlockDistances
 from skiptune.sampling.levels import evaluated_sigmas, levels_in_window
 from skiptune.search import records as rec
 from skiptune.search.experiment.state import load_experiment, param_key, schedule_window
-from skiptune.search.experiment.validation import (
-    NO_GAIN,
-    VALIDATED,
-    ValidationSettings,
-    decide,
-    prefer_window,
-)
+from skiptune.search.experiment.validation import NO_GAIN, VALIDATED, decide, prefer_window
 from skiptune.search.experiment.window import (
     all_spans,
     coarse_spans,
@@ -40,6 +34,7 @@ from skiptune.search.experiment.window import (
     window_bounds,
 )
 from skiptune.search.query import best_coefficients, summary_rows
+from skiptune.search.settings import ValidationSettings
 from skiptune.search.space import BASELINE_PARAMS
 from skiptune.search.study import find_studies
 from skiptune.search.worker.loop import run_worker

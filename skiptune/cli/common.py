@@ -202,13 +202,13 @@ def add_validation_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _default_window_trials() -> int:
-    from skiptune.search.experiment.validation import DEFAULT_WINDOW_TRIALS
+    from skiptune.search.settings import DEFAULT_WINDOW_TRIALS
 
     return DEFAULT_WINDOW_TRIALS
 
 
 def validation_settings(args: argparse.Namespace, *, n_trials: int) -> Any:  # -> ValidationSettings
-    from skiptune.search.experiment.validation import ValidationSettings
+    from skiptune.search.settings import ValidationSettings
 
     return ValidationSettings.default_for(
         search_samples=args.n_samples,

@@ -33,6 +33,8 @@ import sqlalchemy.exc
 import sqlalchemy.orm
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
+from skiptune.storage.proxy_client import BEAT_ATTR  # system attr: the heartbeat counter behind the proxy
+
 # ---- study attributes of a main study
 IDENTITY_ATTR = "skiptune_identity"
 OBJECTIVE_ARGS_ATTR = "skiptune_objective_args"
@@ -82,7 +84,6 @@ SUPERSEDED = "superseded"  # a copy made redundant (its original finished after 
 FIXED_PARAMS = "fixed_params"  # system attr of an enqueued trial (``Study.enqueue_trial``)
 FAILED_TRIAL = "failed_trial"  # system attr of a re-run (as ``RetryHeartbeatStaleTrialCallback`` writes it)
 CLAIM_ATTR = "skiptune_rerun_claim"  # system attr: who re-runs this trial ({"by": token, "at": unix time})
-BEAT_ATTR = "skiptune_beat"  # system attr: heartbeat counter behind the gRPC proxy (storage/proxy_client.py)
 
 
 

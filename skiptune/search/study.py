@@ -23,7 +23,6 @@ from skiptune.errors import SkiptuneError
 from skiptune.objectives.spec import ObjectiveSpec
 from skiptune.search.algorithms import SEARCH_ALGORITHMS
 from skiptune.search.budget import fresh_trials, used_budget
-from skiptune.search.experiment.validation import ValidationSettings
 from skiptune.search.records import (
     BASELINE,
     BUDGET_ATTR,
@@ -37,6 +36,7 @@ from skiptune.search.records import (
     WARM_START,
     study_id,
 )
+from skiptune.search.settings import ValidationSettings
 from skiptune.search.space import BASELINE_PARAMS, SearchSpace
 
 

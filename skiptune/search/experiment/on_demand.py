@@ -9,7 +9,7 @@ import optuna
 from skiptune.errors import SkiptuneError
 from skiptune.search import records as rec
 from skiptune.search.experiment.state import create_round, load_experiment, pending_candidates
-from skiptune.search.experiment.validation import ValidationSettings
+from skiptune.search.settings import ValidationSettings
 from skiptune.search.study import StoredStudy
 
 

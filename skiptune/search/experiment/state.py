@@ -41,14 +41,9 @@ from skiptune.objectives.holdout import BlockDistances
 from skiptune.search import records as rec
 from skiptune.search.budget import used_budget
 from skiptune.search.experiment.growth import grown_space, refine_space
-from skiptune.search.experiment.validation import (
-    VALIDATED,
-    Decision,
-    ValidationSettings,
-    decide,
-    prefer_window,
-)
+from skiptune.search.experiment.validation import VALIDATED, Decision, decide, prefer_window
 from skiptune.search.experiment.window import Span, next_spans, span_of, window_params, window_space
+from skiptune.search.settings import ValidationSettings
 from skiptune.search.space import BASELINE_PARAMS, SearchSpace
 from skiptune.search.study import StoredStudy
 
