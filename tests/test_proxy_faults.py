@@ -84,7 +84,8 @@ def test_fleet_behind_the_proxy_rides_out_kill_freeze_and_proxy_restart(
 ) -> None:
     db_url, budget = f"sqlite:///{tmp_path / 'fleet.db'}", 4
     args = search_assets.study_args(nfes="2,3", trials=budget, storage=db_url, n_samples=32, rungs="16,32")
-    assert cli([*args, "--validate-samples", "32", "--validate-blocks", "4", "--growth-trials", "0"]) == 0
+    stages = ["--growth-trials", "0", "--refine-trials", "0", "--no-window"]  # as test_faults' fleet
+    assert cli([*args, "--validate-samples", "32", "--validate-blocks", "4", *stages]) == 0
     port, plog = _free_port(), tmp_path / "proxy.log"
     proxy = _start_proxy(db_url, port, plog)
     logs = [tmp_path / f"w{i}.log" for i in range(5)]
@@ -155,7 +156,8 @@ def test_fleet_behind_the_proxy_rides_out_a_database_outage(
     up and answers UNAVAILABLE, the workers wait, and the work finishes exactly once."""
     pg, db_url, budget = throwaway_postgres, throwaway_postgres.url, 3
     args = search_assets.study_args(nfes="2,3", trials=budget, storage=db_url, n_samples=32, rungs="16,32")
-    assert cli([*args, "--validate-samples", "32", "--validate-blocks", "4", "--growth-trials", "0"]) == 0
+    stages = ["--growth-trials", "0", "--refine-trials", "0", "--no-window"]  # as test_faults' fleet
+    assert cli([*args, "--validate-samples", "32", "--validate-blocks", "4", *stages]) == 0
     plog = tmp_path / "proxy.log"
     proxy = _start_proxy(db_url, _free_port(), plog)
     logs = [tmp_path / f"w{i}.log" for i in range(2)]

@@ -172,11 +172,9 @@ def run(args: argparse.Namespace) -> int:
 
 def sampler_levels(net: Any, sampler: str, nfe: int) -> list[float]:
     """The nonzero noise levels of the sampler's EDM schedule at ``nfe``: where it evaluates the net."""
-    from skiptune.sampling import SAMPLERS
-    from skiptune.sampling.schedule import EDMSchedule
+    from skiptune.sampling.levels import evaluated_sigmas
 
-    steps = SAMPLERS.get(sampler).steps_for_nfe(nfe)
-    return [float(v) for v in EDMSchedule().sigmas(net, steps, device="cpu").tolist() if v > 0]
+    return evaluated_sigmas(net, sampler, nfe)
 
 
 def check_commands(

@@ -147,7 +147,9 @@ def add_validation_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=2.0,
         metavar="Z",
-        help="standard errors a gain must exceed to be recommended (default: %(default)s)",
+        help="standard errors a gain must exceed to be recommended, as a normal's: compared through the "
+        "Student-t quantile for --validate-blocks - 1 degrees of freedom (2 -> 2.32 for 10 blocks) "
+        "(default: %(default)s)",
     )
     group.add_argument(
         "--growth-trials",
@@ -166,12 +168,51 @@ def add_validation_options(parser: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )
     group.add_argument(
+        "--refine-trials",
+        type=int,
+        default=None,
+        metavar="T",
+        help="after validation, search T more trials in a small box around the answer (around (1, 1) "
+        "for no-gain) and validate again; 0: off (default: a quarter of --trials)",
+    )
+    group.add_argument(
+        "--refine-radius",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="the refinement box's half-width, a fraction of the search box's width (default: %(default)s)",
+    )
+    group.add_argument(
+        "--window-trials",
+        type=int,
+        default=None,
+        metavar="W",
+        help="window stage: sigma windows of a validated pair screened on the search seeds, at most W "
+        f"(default: {_default_window_trials()})",
+    )
+    group.add_argument(
+        "--window-candidates",
+        type=int,
+        default=2,
+        metavar="K",
+        help="window stage: the K best screened windows validated on held-out seeds (default: %(default)s)",
+    )
+    group.add_argument(
+        "--no-window", action="store_true", help="no window stage: the answer applies at every sigma"
+    )
+    group.add_argument(
         "--no-validate", action="store_true", help="no validation: the answer stays the search best"
     )
 
 
+def _default_window_trials() -> int:
+    from skiptune.search.settings import DEFAULT_WINDOW_TRIALS
+
+    return DEFAULT_WINDOW_TRIALS
+
+
 def validation_settings(args: argparse.Namespace, *, n_trials: int) -> Any:  # -> ValidationSettings
-    from skiptune.search.experiment.validation import ValidationSettings
+    from skiptune.search.settings import ValidationSettings
 
     return ValidationSettings.default_for(
         search_samples=args.n_samples,
@@ -184,6 +225,10 @@ def validation_settings(args: argparse.Namespace, *, n_trials: int) -> Any:  # -
         threshold=args.gain_threshold,
         growth_budget=args.growth_trials,
         edge=args.growth_edge,
+        refine_trials=args.refine_trials,
+        refine_radius=args.refine_radius,
+        window_trials=0 if args.no_window else args.window_trials,
+        window_candidates=args.window_candidates,
     )
 
 

@@ -46,6 +46,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage", default=None, metavar="URL", help="storage URL (default: sqlite:///OUT/skiptune.db)"
     )
+    parser.add_argument(
+        "--window-trials", type=int, default=0, metavar="W",
+        help="window stage: sigma windows screened per validated pair (`study create --window-trials`); "
+        "default %(default)s: off, to keep the demo's time",
+    )  # fmt: skip
+    parser.add_argument(
+        "--refine-trials", type=int, default=0, metavar="T",
+        help="refinement trials around the answer (`study create --refine-trials`); default %(default)s: off",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         "study", "create", "--model", "demo", "--sampler", "heun", "--nfe", args.nfe,
         "--extractor", "fmnist-classifier", "--reference", "demo", "--n-samples", str(args.n_samples),
         "--rungs", args.rungs, "--trials", str(args.trials), "--storage", url,
+        "--refine-trials", str(args.refine_trials),
+        *(["--window-trials", str(args.window_trials)] if args.window_trials > 0 else ["--no-window"]),
     )  # fmt: skip
     print(f"[2/4] running {args.workers} local worker(s) on the CPU (logs: {out}/worker-*.log)", flush=True)
     _run_workers(url, out, workers=args.workers, batch_size=args.batch_size, total=args.trials * len(nfes))

@@ -38,7 +38,11 @@ When the budget is spent the answer is validated: the top --validate-top-k disti
 baseline are re-evaluated on held-out seeds no trial used, and the best is recommended only if its gain
 over the baseline exceeds --gain-threshold standard errors (else (1, 1), status no-gain). If the
 validated best presses against a side of the box, the box grows on that side and up to --growth-trials
-more trials search there, then validate again.
+more trials search there, then validate again. Then --refine-trials more trials search a small box around
+the answer (around (1, 1) for no-gain), validated the same way. Last, the window stage: the validated pair
+inside sigma windows made of the sampler's own noise levels (at most --window-trials, screened on the
+search seeds; the --window-candidates best validated on the held-out seeds); a window is the answer only
+if it beats the full-range pair there by the same rule (--no-window: off).
 
 The search box defaults to [0.2, 1.2] for both coefficients: the paper's tuned values (0.6-1.0) and the
 demo model's optima (0.3-1.15) lie inside it, and (1, 1) stays an interior point; it grows when needed.

@@ -6,7 +6,10 @@ main study (named by its identity, see ``study.py``) plus companion studies name
 
 * ``{main}/grow{p}`` (p = 1, 2, ...): a search phase over a grown box (attributes: parent, kind, phase,
   space, budget); the main study is phase 0;
-* ``{main}/validate{r}`` (r = 0, 1, ...): a validation round, one enqueued trial (job) per candidate.
+* ``{main}/validate{r}`` (r = 0, 1, ...): a validation round, one enqueued trial (job) per candidate;
+* ``{main}/refine{p}``: a search phase in a small box around the answer (as a grow phase);
+* ``{main}/window{w}`` (w = 0, 1, ...): the window stage's screen of sigma windows of the answer's pair
+  on the search seeds, one enqueued trial per window (attributes as a grow phase's).
 
 Companions carry no identity attribute, so ``find_studies`` never mistakes them for experiments, and
 optuna-dashboard shows them as ordinary studies.
@@ -30,6 +33,8 @@ import sqlalchemy.exc
 import sqlalchemy.orm
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
+from skiptune.storage.proxy_client import BEAT_ATTR  # system attr: the heartbeat counter behind the proxy
+
 # ---- study attributes of a main study
 IDENTITY_ATTR = "skiptune_identity"
 OBJECTIVE_ARGS_ATTR = "skiptune_objective_args"
@@ -39,12 +44,17 @@ VALIDATION_ATTR = "skiptune_validation"  # ValidationSettings.to_dict(); absent:
 
 # ---- study attributes of a companion study
 PARENT_ATTR = "skiptune_parent"  # the main study's name
-KIND_ATTR = "skiptune_kind"  # GROW or VALIDATION
-PHASE_ATTR = "skiptune_phase"  # grow phase p / validation round r
-SPACE_ATTR = "skiptune_space"  # a grow phase's SearchSpace.to_dict()
-PHASE_BUDGET_ATTR = "skiptune_budget"  # a grow phase's trial budget
+KIND_ATTR = "skiptune_kind"  # GROW, REFINE, WINDOW or VALIDATION
+PHASE_ATTR = "skiptune_phase"  # grow/refine phase p / window screen w / validation round r
+SPACE_ATTR = "skiptune_space"  # a grow/refine/window phase's SearchSpace.to_dict()
+PHASE_BUDGET_ATTR = "skiptune_budget"  # a grow/refine/window phase's trial budget
+SAMPLER_SIGMAS_ATTR = "skiptune_sampler_sigmas"  # main study: the levels the sampler evaluates the net at
 GROW = "grow"
+REFINE = "refine"
+WINDOW = "window"
 VALIDATION = "validation"
+COMPANION_PREFIX = {GROW: "grow", REFINE: "refine", WINDOW: "window", VALIDATION: "validate"}
+_SUFFIXES = COMPANION_PREFIX  # companion kind -> name suffix before its index
 
 # ---- trial attributes
 ROLE_ATTR = "skiptune_role"  # baseline / warm_start / prior (copied into a grow phase) / candidate
@@ -62,6 +72,7 @@ BASELINE = "baseline"
 WARM_START = "warm_start"
 PRIOR = "prior"
 CANDIDATE = "candidate"
+WINDOW_CANDIDATE = "window"  # a job of the window stage: the answer's pair in a sigma window
 
 # ---- fail kinds; only an evaluation failure counts against a budget
 EVALUATION_FAILED = "evaluation"
@@ -73,10 +84,8 @@ SUPERSEDED = "superseded"  # a copy made redundant (its original finished after 
 FIXED_PARAMS = "fixed_params"  # system attr of an enqueued trial (``Study.enqueue_trial``)
 FAILED_TRIAL = "failed_trial"  # system attr of a re-run (as ``RetryHeartbeatStaleTrialCallback`` writes it)
 CLAIM_ATTR = "skiptune_rerun_claim"  # system attr: who re-runs this trial ({"by": token, "at": unix time})
-BEAT_ATTR = "skiptune_beat"  # system attr: heartbeat counter behind the gRPC proxy (storage/proxy_client.py)
 
 
-_SUFFIXES = {GROW: "grow", VALIDATION: "validate"}  # companion kind -> name suffix before its index
 
 
 def companion_name(main: str, kind: str, index: int) -> str:

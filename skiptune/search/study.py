@@ -23,19 +23,20 @@ from skiptune.errors import SkiptuneError
 from skiptune.objectives.spec import ObjectiveSpec
 from skiptune.search.algorithms import SEARCH_ALGORITHMS
 from skiptune.search.budget import fresh_trials, used_budget
-from skiptune.search.experiment.validation import ValidationSettings
 from skiptune.search.records import (
     BASELINE,
     BUDGET_ATTR,
     IDENTITY_ATTR,
     OBJECTIVE_ARGS_ATTR,
     ROLE_ATTR,
+    SAMPLER_SIGMAS_ATTR,
     SEARCH_ATTR,
     VALIDATION_ATTR,
     WARM_FROM_ATTR,
     WARM_START,
     study_id,
 )
+from skiptune.search.settings import ValidationSettings
 from skiptune.search.space import BASELINE_PARAMS, SearchSpace
 
 
@@ -59,6 +60,9 @@ class StudySpec:
     n_trials: int = 30
     search: str = "tpe"
     validation: ValidationSettings | None = None  # None: the answer stays unvalidated (old studies)
+    # the noise levels the sampler evaluates the net at (``sampling.levels``; the window stage's
+    # candidates); None for studies created before it was stored: no window stage
+    sampler_sigmas: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
@@ -104,6 +108,8 @@ class StudySpec:
         }
         if self.validation is not None:
             attrs[VALIDATION_ATTR] = self.validation.to_dict()
+        if self.sampler_sigmas is not None:
+            attrs[SAMPLER_SIGMAS_ATTR] = list(self.sampler_sigmas)
         return attrs
 
     @classmethod
@@ -125,6 +131,11 @@ class StudySpec:
             validation=(
                 ValidationSettings.from_dict(attrs[VALIDATION_ATTR])
                 if isinstance(attrs.get(VALIDATION_ATTR), dict)
+                else None
+            ),
+            sampler_sigmas=(
+                tuple(float(v) for v in attrs[SAMPLER_SIGMAS_ATTR])
+                if isinstance(attrs.get(SAMPLER_SIGMAS_ATTR), list)
                 else None
             ),
         )
@@ -241,9 +252,9 @@ def _enqueue_warm_starts(
 
 
 def _family(spec: StudySpec) -> StudySpec:
-    """The spec with what neighbouring studies may differ in set aside: NFE, budget, search algorithm,
-    validation settings."""
-    return replace(spec, nfe=1, n_trials=1, search="tpe", validation=None)
+    """The spec with what neighbouring studies may differ in set aside: NFE (and its noise levels),
+    budget, search algorithm, validation settings."""
+    return replace(spec, nfe=1, n_trials=1, search="tpe", validation=None, sampler_sigmas=None)
 
 
 def _neighbours(storage: optuna.storages.BaseStorage, spec: StudySpec) -> list[StoredStudy]:

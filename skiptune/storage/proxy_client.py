@@ -29,7 +29,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._grpc import client as _optuna_client  # private: the channel is made in _setup
 
 from skiptune.errors import SkiptuneError
-from skiptune.search.records import BEAT_ATTR
+
+BEAT_ATTR = "skiptune_beat"  # trial system attr: the heartbeat counter (read by the stale sweep)
 
 TOKEN_ENV = "SKIPTUNE_PROXY_TOKEN"
 CA_ENV = "SKIPTUNE_PROXY_CA"

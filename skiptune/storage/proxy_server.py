@@ -10,7 +10,7 @@ service (Optuna's own servicer) on a ``grpc.server`` with:
   UNAUTHENTICATED and never reach the database. The token is never logged;
 * storage errors made sortable for the workers: Optuna's servicer turns a database outage into
   gRPC's UNKNOWN with a message that says nothing of its cause; here a transient database failure
-  (``search/worker/resilience.classify``) is answered UNAVAILABLE, which workers retry like an outage of
+  (``failures.classify``) is answered UNAVAILABLE, which workers retry like an outage of
   their own database, and a permanent one UNKNOWN with the driver's first line.
 """
 
@@ -30,7 +30,7 @@ import optuna
 from optuna.storages._grpc import servicer as _optuna_servicer  # private: the service Optuna serves
 from optuna.storages._grpc.auto_generated import api_pb2_grpc as _optuna_api
 
-from skiptune.search.worker.resilience import TRANSIENT, classify, first_line
+from skiptune.storage.failures import TRANSIENT, classify, first_line
 
 _log = logging.getLogger(__name__)
 

@@ -34,19 +34,20 @@ from skiptune.errors import SkiptuneError
 from skiptune.search.algorithms import build_sampler
 from skiptune.search.budget import fresh_trials, used_budget
 from skiptune.search.experiment.state import Experiment, advance, companion_ids, load_experiment
-from skiptune.search.experiment.validation import ValidationSettings
 from skiptune.search.lineage import MAX_RETRIES, Held
 from skiptune.search.pruning import RungPruner
 from skiptune.search.records import read_many, reset_session
+from skiptune.search.settings import ValidationSettings
 from skiptune.search.study import StoredStudy, StudySpec, canonical, find_studies
 from skiptune.search.worker.heartbeat import heartbeat_interval
 from skiptune.search.worker.precision import check_precision
-from skiptune.search.worker.resilience import DEFAULT_DB_TIMEOUT_S, StorageGuard, first_line
+from skiptune.search.worker.resilience import DEFAULT_DB_TIMEOUT_S, StorageGuard
 from skiptune.search.worker.stale import StaleSweep
 from skiptune.search.worker.stopping import StopSignal
 from skiptune.search.worker.trial_run import Objective, TrialOutcome, run_one_trial
 from skiptune.search.worker.validation_run import run_validation_job
 from skiptune.storage import open_storage
+from skiptune.storage.failures import first_line
 
 _log = logging.getLogger(__name__)
 
@@ -304,7 +305,7 @@ class _Loop:
         """(search units with their used fraction, validation units with waiting jobs, running trials)."""
         search, validate, running = [], [], 0
         main = exp.main
-        for phase in exp.phases:
+        for phase in [*exp.phases, *exp.windows]:  # a window screen: enqueued search-seed trials
             spec = replace(main.spec, space=phase.space, n_trials=phase.budget)
             unit = Unit("search", main, phase.name, spec)
             failed = self.sweep.sweep(self.study(unit)) if self.sweep else 0

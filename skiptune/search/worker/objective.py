@@ -23,6 +23,7 @@ from skiptune.objectives.spec import ObjectiveSpec
 from skiptune.plugins import REFERENCES
 from skiptune.sampling import SAMPLERS
 from skiptune.sampling.conditions import Conditioning, check_conditioning
+from skiptune.sampling.levels import evaluated_sigmas
 from skiptune.search.space import SearchSpace
 from skiptune.search.study import StudySpec
 
@@ -76,6 +77,7 @@ def study_specs(
         )  # fmt: skip
         specs.append(
             StudySpec(
+                sampler_sigmas=tuple(evaluated_sigmas(loaded.net, sampler, nfe)),
                 model=loaded.name,
                 model_fingerprint=loaded.fingerprint,
                 sampler=sampler,
