@@ -16,7 +16,7 @@ endif
 CONSTRAINTS ?= constraints/tested.txt
 export SKIPTUNE_TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 
-.PHONY: test demo lint venv clean test-latest test-oldest lock
+.PHONY: test demo demo-latent-smoke lint venv clean test-latest test-oldest lock
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ lock:
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/skiptune demo
+
+# The demo-latent recipe end to end on the CPU with tiny networks (a few minutes): VAE, UNet + text
+# encoder, the pipeline folder, reloaded by diffusers and measured. Not the shipped model.
+demo-latent-smoke: $(VENV)/.installed
+	$(PY) -m skiptune.demo.training.latent --smoke --device cpu --out skiptune-demo/latent-smoke
 
 clean:
 	rm -rf $(VENV) .venv-latest .venv-oldest .pytest_cache .mypy_cache .ruff_cache

@@ -28,6 +28,12 @@ error, no "database is locked" in the workers' logs.
     python benchmarks/service_scaling.py --workers 1,2,4,8,16,32 --duration 5 --out scaling.json
     python benchmarks/service_scaling.py --storage sqlite --workers 2,4,8,16 --duration 1
     python benchmarks/service_scaling.py --workers 16 --duration 5,1,0.25     # duration sweep
+    python benchmarks/service_scaling.py --via-proxy --workers 64,128 --duration 5   # through the proxy
+
+``--via-proxy``: the workers reach the fresh database only through a ``skiptune proxy`` subprocess on
+127.0.0.1 (``grpc://``); their storage time is then the time of the gRPC calls (Optuna's
+``GrpcStorageProxy`` methods), the SQL is the proxy's, and the proxy's own CPU is reported apart
+(``proxy_cpu_ms_per_trial``). Database connections are the proxy's.
 """
 
 from __future__ import annotations
@@ -80,6 +86,9 @@ class RunConfig:
     workdir: str
     profile: str | None = None  # a folder: each worker's cProfile stats from the common start
     jitter: float = 0.0  # each trial lasts duration x U(1 - jitter, 1 + jitter): the mean stays duration
+    via_proxy: bool = False  # workers reach the database through a `skiptune proxy` subprocess
+    proxy_threads: int = 16
+    proxy_processes: int = 1
 
 
 # ------------------------------------------------------------------ inside a worker process
@@ -137,13 +146,14 @@ class DbClock:
 
     def install(self) -> None:
         import sqlalchemy.event
-        from optuna.storages import RDBStorage
+        from optuna.storages import GrpcStorageProxy, RDBStorage
         from sqlalchemy.engine import Engine
 
-        for name, fn in inspect.getmembers(RDBStorage, inspect.isfunction):
-            plain = not isinstance(inspect.getattr_static(RDBStorage, name), (staticmethod, classmethod))
-            if plain and not name.startswith("__") and name not in _NOT_DB:
-                setattr(RDBStorage, name, self._timed(fn))
+        for cls in (RDBStorage, GrpcStorageProxy):
+            for name, fn in inspect.getmembers(cls, inspect.isfunction):
+                plain = not isinstance(inspect.getattr_static(cls, name), (staticmethod, classmethod))
+                if plain and not name.startswith(("__", "_setup")) and name not in _NOT_DB:
+                    setattr(cls, name, self._timed(fn))
         from skiptune.search.records import _TrialCache  # the loop's one read of all its studies
 
         _TrialCache.refresh = self._timed(_TrialCache.refresh, "read_many")  # type: ignore[method-assign]
@@ -367,6 +377,7 @@ class RunResult:
     sql_statements_per_trial: float | None = None
     worker_cpu_ms_per_trial: float | None = None  # CPU time of the worker processes, not wall time
     server_cpu_ms_per_trial: float | None = None  # CPU time of the run's PostgreSQL backends (sampled)
+    proxy_cpu_ms_per_trial: float | None = None  # CPU of the `skiptune proxy` process (--via-proxy)
     heartbeat_db_ms_total: float = 0.0
     connections_peak: int | None = None
     connections_median: int | None = None  # while trials run (the peak may be start-up)
@@ -392,6 +403,7 @@ class RunResult:
     _loop: tuple[float, int, float, int] = field(default=(0.0, 0, 0.0, 0), repr=False)
     _cpu_s: float = field(default=0.0, repr=False)
     _server_cpu_s: float = field(default=0.0, repr=False)
+    _proxy_cpu_s: float | None = field(default=None, repr=False)
     _last_exit: float | None = field(default=None, repr=False)
     _by_method_s: Counter[str] = field(default_factory=Counter, repr=False)
     _by_method_calls: Counter[str] = field(default_factory=Counter, repr=False)
@@ -400,28 +412,116 @@ class RunResult:
         return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
 
 
-def run_once(config: RunConfig) -> RunResult:
+def backend_name(config: RunConfig) -> str:
     backend = "sqlite" if config.storage == "sqlite" else "postgresql"
+    return f"{backend}+proxy x{config.proxy_processes}" if config.via_proxy else backend
+
+
+def run_once(config: RunConfig) -> RunResult:
     result = RunResult(
-        backend, config.workers, config.duration, config.studies, config.trials_per_study, config.jitter
-    )
+        backend_name(config), config.workers, config.duration, config.studies, config.trials_per_study,
+        config.jitter,
+    )  # fmt: skip
     result.load_avg_before = os.getloadavg()[0]
     db = Database(config.storage, Path(config.workdir))
     try:
         _create_studies(db.url, config)
-        _run_workers(db, config, result)
+        if config.via_proxy:
+            with ProxyProcess(
+                db.url, Path(config.workdir), threads=config.proxy_threads, processes=config.proxy_processes
+            ) as proxy:
+                _run_workers(db, config, result, url=proxy.url)
+                result._proxy_cpu_s = proxy.cpu_s()
+        else:
+            _run_workers(db, config, result, url=db.url)
         _check_trials(db.url, config, result)
     finally:
         db.close()
     return result
 
 
-def _run_workers(db: Database, config: RunConfig, result: RunResult) -> None:
+class ProxyProcess:
+    """``skiptune proxy`` on 127.0.0.1 in front of ``db_url`` (a free port), stopped with SIGTERM."""
+
+    def __init__(
+        self, db_url: str, workdir: Path, *, threads: int = 16, processes: int = 1, port: int | None = None
+    ) -> None:
+        self.db_url, self.workdir, self.threads, self.processes = db_url, workdir, threads, processes
+        self.port = port or _free_port()
+        self.url = f"grpc://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._cpu_at_start = 0.0
+
+    def start(self) -> None:
+        command = [
+            sys.executable, "-m", "skiptune", "proxy", "--storage", self.db_url, "--port", str(self.port),
+            "--threads", str(self.threads), "--processes", str(self.processes),
+        ]  # fmt: skip
+        with (self.workdir / "proxy.log").open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"skiptune proxy exited {self.process.returncode}: {self.log()[-500:]}")
+            if "serving" in self.log():
+                time.sleep(1.0)  # its server processes bind
+                self._cpu_at_start = _tree_cpu_seconds(self.process.pid)
+                return
+            time.sleep(0.2)
+        raise SystemExit(f"skiptune proxy did not start in 60 s: {self.log()[-500:]}")
+
+    def log(self) -> str:
+        path = self.workdir / "proxy.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def cpu_s(self) -> float | None:
+        if self.process is None:
+            return None
+        return _tree_cpu_seconds(self.process.pid) - self._cpu_at_start
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> ProxyProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its children (the proxy's server processes)."""
+    total = _cpu_seconds(pid) or 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                total += _cpu_seconds(int(stat.parent.name)) or 0.0
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run_workers(db: Database, config: RunConfig, result: RunResult, *, url: str) -> None:
     ctx = multiprocessing.get_context(config.start_method)
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     launched = time.time()
     procs = [
-        ctx.Process(target=_worker_main, args=(i, db.url, config, ready, go, results), daemon=True)
+        ctx.Process(target=_worker_main, args=(i, url, config, ready, go, results), daemon=True)
         for i in range(config.workers)
     ]
     for p in procs:
@@ -560,6 +660,8 @@ def _throughput(result: RunResult, evaluated: list[Any], ends: list[dt.datetime]
     result.worker_cpu_ms_per_trial = round(1000 * result._cpu_s / len(evaluated), 1)
     if result._server_cpu_s:
         result.server_cpu_ms_per_trial = round(1000 * result._server_cpu_s / len(evaluated), 1)
+    if result._proxy_cpu_s is not None:
+        result.proxy_cpu_ms_per_trial = round(1000 * result._proxy_cpu_s / len(evaluated), 1)
     n = len(evaluated)
     for name, seconds in result._by_method_s.most_common():
         result.db_ms_per_trial_by_method[name] = round(1000 * seconds / n, 2)
@@ -621,7 +723,8 @@ def _print(r: RunResult) -> None:
         f"(steady {r.steady_efficiency})  "
         f"db {r.db_ms_per_trial} ms/trial ({r.db_calls_per_trial} calls; sql {r.sql_ms_per_trial} ms, "
         f"{r.sql_statements_per_trial} statements)  "
-        f"cpu {r.worker_cpu_ms_per_trial} + server {r.server_cpu_ms_per_trial} ms/trial  "
+        f"cpu {r.worker_cpu_ms_per_trial} + server {r.server_cpu_ms_per_trial} "
+        f"+ proxy {r.proxy_cpu_ms_per_trial} ms/trial  "
         f"conns {r.connections_median}/{r.connections_peak}  load {r.load_avg_mean}  "
         f"pss {r.pss_mib_per_worker or 0:.0f} MiB  "
         f"start {r.start_s or 0:.1f}s drain {r.drain_s}s  budget {'ok' if r.budget_met else 'MISSED'}  "
@@ -648,6 +751,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for workers to start")
     p.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
+    p.add_argument("--via-proxy", action="store_true", help="workers reach the database via `skiptune proxy`")
+    p.add_argument("--proxy-threads", type=int, default=16, help="the proxy's --threads (default: 16)")
+    p.add_argument("--proxy-processes", type=int, default=1, help="the proxy's --processes (default: 1)")
     p.add_argument(
         "--jitter", type=float, default=0.0, help="trial length varies by +-this fraction (default: 0, fixed)"
     )
@@ -675,14 +781,15 @@ def main(argv: list[str] | None = None) -> int:
                 config = RunConfig(
                     args.storage, n, duration, trials, args.studies, args.heartbeat, args.grace,
                     args.start_method, args.timeout, workdir,
-                    str(args.profile) if args.profile else None, args.jitter,
+                    str(args.profile) if args.profile else None, args.jitter, args.via_proxy,
+                    args.proxy_threads, args.proxy_processes,
                 )  # fmt: skip
                 reason = _memory_guard(n, pss, args.max_memory_gib) or _connection_guard(
-                    args.storage, n, per_worker
+                    args.storage, args.proxy_threads + 5 if args.via_proxy else n, per_worker
                 )
                 if reason is not None:
-                    result = RunResult("sqlite" if args.storage == "sqlite" else "postgresql", n, duration,
-                                       args.studies, trials, skipped=reason)  # fmt: skip
+                    result = RunResult(backend_name(config), n, duration, args.studies, trials,
+                                       skipped=reason)  # fmt: skip
                 else:
                     result = run_once(config)
                     # the last run's: forked workers share more pages the more of them there are

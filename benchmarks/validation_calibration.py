@@ -29,6 +29,7 @@ from skiptune.objectives.holdout import from_block_stats
 from skiptune.objectives.reference import load_reference, resolve_reference
 from skiptune.objectives.spec import ObjectiveSpec
 from skiptune.search.experiment.validation import compare
+from skiptune.search.settings import ValidationSettings
 from skiptune.skips import SkipSchedule
 
 POOL_SEED_BASE = 5_000_000_000  # far from search (0..) and default held-out (1e9..) seeds
@@ -62,13 +63,18 @@ def calibrate_pair(objective: FDObjective, schedule: SkipSchedule, args: argpars
         c_rest = objective._distance(_merged([cand[i] for i in rest]))
         truth = (b_rest - c_rest) / b_rest
         rows.append({"gain": est.relative_gain, "se": est.relative_gain_se, "truth": truth})
-    cover = {z: sum(abs(x["gain"] - x["truth"]) <= z * x["se"] for x in rows) / len(rows) for z in (1, 2)}
+    # the rule's critical value for 2 "normal" s.e. with these blocks (validation.ValidationSettings.critical)
+    critical = ValidationSettings(n_samples=2 * args.blocks, seed_base=0, blocks=args.blocks).critical
+    zs = (1.0, 2.0, critical)
+    cover = {z: sum(abs(x["gain"] - x["truth"]) <= z * x["se"] for x in rows) / len(rows) for z in zs}
     return {
         "pair": params,
         "samples_per_replicate": size * args.blocks,
         "truth_samples": size * args.blocks * (args.replicates - 1),
         "coverage_1se": cover[1],
         "coverage_2se": cover[2],
+        "critical_t": critical,
+        "coverage_critical_t": cover[critical],  # nominal: 95.45%
         "mean_gain": sum(x["gain"] for x in rows) / len(rows),
         "mean_se": sum(x["se"] for x in rows) / len(rows),
         "sd_gain": float(torch.tensor([x["gain"] for x in rows], dtype=torch.float64).std()),

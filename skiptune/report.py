@@ -50,6 +50,8 @@ def _title(name: str, answer: BestCoefficients | None) -> str:
         return name
     if answer.validated and answer.gain is not None and answer.gain_se is not None:
         evidence = f"held-out gain {100 * answer.gain:+.1f}% ± {100 * answer.gain_se:.1f}%"
+        if answer.sigma_window is not None:
+            evidence += f" in sigma [{answer.sigma_window[0]:.3g}, {answer.sigma_window[1]:.3g}]"
         return f"{name}\n{answer.status}: {evidence} ({answer.holdout_samples} samples)"
     return f"{name}\n{answer.status} (unvalidated: search seeds only)"
 
@@ -115,8 +117,9 @@ def _trial_scatter(
                 label=f"search best {best.value:.4g} (unvalidated)",
             )
     if answer is not None and answer.validated:
+        windowed = ", in a sigma window" if answer.sigma_window else ""
         ax.scatter([answer.rho_bottom], [answer.rho_top], marker="P", s=200, c="orange", edgecolors="black",
-                   label=f"recommended ({answer.status})")  # fmt: skip
+                   label=f"recommended ({answer.status}{windowed})")  # fmt: skip
     ax.scatter([1.0], [1.0], marker="X", s=120, c="black", label="baseline (1, 1)")
     ax.set_xlabel("rho_bottom")
     ax.set_ylabel("rho_top")

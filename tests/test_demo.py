@@ -81,9 +81,9 @@ def test_progress_line_counts_every_kind_of_stage_and_estimates_time_left() -> N
     search = _stage("search", 2, 4, busy_s=10.0, samples_done=200, running=1, running_s=2.0)
     nine = _stage("search", 0, 4, nfe=9)
     coming = _stage("validation", 0, 3, unit_samples=200)
-    window = _stage("window", 1, 2)  # a kind this module does not know: it still shows, counted
-    assert stage_counts([search, nine, coming, window]) == (
-        "search 2/8 trials (1 running) | validation 0/3 jobs | window 1/2 units"
+    other = _stage("sharpen", 1, 2)  # a kind this module does not know: it still shows, counted
+    assert stage_counts([search, nine, coming, other]) == (
+        "search 2/8 trials (1 running) | validation 0/3 jobs | sharpen 1/2 units"
     )
     # Left: NFE 5 search 2 x 100 x 5 x 0.01 - 2 s running = 8 s, validation 3 x 200 x 5 x 0.01 = 30 s;
     # NFE 9 search 4 x 100 x 9 x 0.01 = 36 s. One worker per NFE: the slower one decides.

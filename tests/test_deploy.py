@@ -581,3 +581,13 @@ def test_docs_commands_parse(cli: argparse.ArgumentParser) -> None:
     assert {"study", "worker", "best", "table", "report", "proxy"} <= verbs, verbs
     for argv in commands:
         parse_cli(cli, argv, "docs/distributed.md")
+
+
+def test_compose_publishes_every_port_on_loopback_by_default(compose: dict[str, Any]) -> None:
+    published = {name: s.get("ports", []) for name, s in compose["services"].items() if s.get("ports")}
+    assert set(published) == {"postgres", "dashboard", "proxy"}
+    for name, ports in published.items():
+        assert all(str(p).startswith("127.0.0.1:") for p in ports), (name, ports)
+    proxy = [str(a) for a in compose["services"]["proxy"]["command"]]
+    assert "--tls-cert" in proxy and "--tls-key" in proxy  # it listens on 0.0.0.0 inside its container
+    assert "SKIPTUNE_PROXY_TOKEN" in read_env_file(ENV_EXAMPLE)

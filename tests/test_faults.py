@@ -42,9 +42,10 @@ from skiptune.search.experiment.validation import NO_GAIN, VALIDATED
 from skiptune.search.study import find_studies
 from skiptune.search.worker.loop import run_worker
 from skiptune.search.worker.objective import build_objective
-from skiptune.search.worker.resilience import PERMANENT, TRANSIENT, StorageGuard, StorageUnavailable, classify
+from skiptune.search.worker.resilience import StorageGuard, StorageUnavailable
 from skiptune.search.worker.stale import StaleSweep
 from skiptune.storage import normalize_url, open_storage
+from skiptune.storage.failures import PERMANENT, TRANSIENT, classify
 
 if TYPE_CHECKING:
     from storage_fixtures import SearchAssets
@@ -144,11 +145,8 @@ def _sweep_running(url: str, suffix: str) -> None:
 @pytest.mark.parametrize("stage", ["search", "validation"])
 def test_trial_ended_elsewhere_is_dropped(search_assets: SearchAssets, tmp_path: Path, stage: str) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    extra = (
-        ["--no-validate"]
-        if stage == "search"
-        else ["--validate-samples", "16", "--validate-blocks", "4", "--growth-trials", "0"]
-    )
+    held_out = ["--validate-samples", "16", "--validate-blocks", "4", "--growth-trials", "0"]
+    extra = ["--no-validate"] if stage == "search" else [*held_out, "--refine-trials", "0", "--no-window"]
     assert cli([*search_assets.study_args(nfes="2", trials=2, storage=url), *extra]) == 0
     swept: list[str] = []
 
@@ -437,7 +435,8 @@ def test_fleet_rides_out_restart_kill_and_freeze(
 ) -> None:
     pg, url, budget = throwaway_postgres, throwaway_postgres.url, 8
     args = search_assets.study_args(nfes="2,3", trials=budget, storage=url, n_samples=32, rungs="16,32")
-    assert cli([*args, "--validate-samples", "32", "--validate-blocks", "4", "--growth-trials", "0"]) == 0
+    stages = ["--growth-trials", "0", "--refine-trials", "0", "--no-window"]
+    assert cli([*args, "--validate-samples", "32", "--validate-blocks", "4", *stages]) == 0
     logs = [tmp_path / f"w{i}.log" for i in range(10)]
     # the two victims first (batch size 1: long trials), caught inside their first trial
     killed_w = search_assets.worker(url, logs[0], batch_size=1, extra=RIDE_OUT)
@@ -497,3 +496,36 @@ def _check_fleet(url: str, budget: int, victims: list[FrozenTrial]) -> None:
         jobs = [t for r in exp.rounds for t in r.trials if t.state == TrialState.COMPLETE]
         keys = [tuple(sorted(rec.fixed_params(t).items())) for t in jobs]
         assert len(keys) == len(set(keys)) and keys, study.name  # each validation job evaluated exactly once
+
+
+def test_worker_started_while_postgres_is_down_waits(
+    search_assets: SearchAssets, throwaway_postgres: ThrowawayPostgres, tmp_path: Path
+) -> None:
+    """A worker (re)started during a database restart waits up to --db-timeout, then works."""
+    pg, url = throwaway_postgres, throwaway_postgres.url
+    assert cli([*search_assets.study_args(nfes="2,3", trials=1, storage=url), "--no-validate"]) == 0
+    pg.stop()
+    log = tmp_path / "w.log"
+    worker = search_assets.worker(url, log, extra=("--db-timeout", "90"))
+    try:
+        _wait_for(lambda: "database unreachable" in log.read_text(), "the worker to wait", 60)
+        time.sleep(2)
+        assert worker.poll() is None, log.read_text()  # still waiting, not exited 2
+        pg.start()
+        assert worker.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    text = log.read_text()
+    assert "Traceback" not in text and "database reachable again" in text, text[-3000:]
+    assert _finished(url) == 2  # both studies' one trial
+
+
+@pytest.mark.postgres
+def test_worker_start_refused_by_the_server_fails_at_once(postgres_url: str) -> None:
+    """Waiting cures an unreachable server, not a refusal (no such database): one line at once."""
+    url = sqlalchemy.engine.make_url(postgres_url).set(database="skiptune_no_such_db").render_as_string(False)
+    start = time.monotonic()
+    with pytest.raises(SkiptuneError, match='database "skiptune_no_such_db" does not exist'):
+        run_worker(url, model="demo", device="cpu", db_timeout=60)
+    assert time.monotonic() - start < 15

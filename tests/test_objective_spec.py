@@ -88,4 +88,6 @@ def test_specs_built_today_find_the_stored_demo_studies() -> None:
         )  # fmt: skip
         for spec in specs:
             assert spec.name in stored
-            assert spec.user_attrs() == stored[spec.name]
+            # the stored studies predate the recorded sampler sigmas (not part of the identity)
+            assert spec.sampler_sigmas is not None
+            assert replace(spec, sampler_sigmas=None).user_attrs() == stored[spec.name]

@@ -148,7 +148,7 @@ def test_unknown_names_give_one_line_listing_the_registered_ones(tmp_path: Path)
 
     with pytest.raises(SkiptuneError, match=r"unknown feature extractor 'nope'; expected one of: .*fmnist"):
         create_extractor("nope")
-    with pytest.raises(SkiptuneError, match=r"neither a registered model \(demo\)"):
+    with pytest.raises(SkiptuneError, match=r"neither a registered model \(demo, demo-latent\)"):
         load_model("nope")
     with pytest.raises(SkiptuneError, match=r"registered names: demo\)"):
         load_reference(str(tmp_path / "nope.npz"))

@@ -84,3 +84,17 @@ def test_user_errors_are_one_line(checkpoint: Path, tmp_path: Path, capsys, extr
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_window_without_sampler_levels_says_the_images_are_untuned(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Heun NFE 3 evaluates the net at sigma 80 and 0.002 only: [0.01, 1] holds neither."""
+    argv = ["sample", "--model", str(checkpoint), "--nfe", "3", "--seeds", "0-1", "--rho", "0.5", "1.5",
+            "--sigma-window", "0.01", "1", "--device", "cpu"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "w.png")]) == 0
+    assert "holds none of the noise levels heun evaluates" in capsys.readouterr().out
+    assert main(["sample", "--model", str(checkpoint), "--nfe", "3", "--seeds", "0-1", "--device", "cpu",
+                 "--out", str(tmp_path / "u.png")]) == 0  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "w.png")),
+                                  np.asarray(Image.open(tmp_path / "u.png")))  # fmt: skip

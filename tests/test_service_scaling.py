@@ -56,3 +56,16 @@ def test_tiny_config_on_postgres(postgres_url: str, tmp_path: Path) -> None:
     result = _run_benchmark(postgres_url, tmp_path)  # the benchmark makes (and drops) its own database
     _check(result, "postgresql")
     assert 1 <= result["runs"][0]["connections_peak"] <= result["runs"][0]["max_connections"]
+
+
+@pytest.mark.postgres
+def test_tiny_config_through_the_proxy(postgres_url: str, tmp_path: Path) -> None:
+    pytest.importorskip("grpc", reason="grpcio is not installed (extra `grpc`): the proxy cannot run")
+    proxy = ("--via-proxy", "--proxy-threads", "2", "--proxy-processes", "2")
+    result = _run_benchmark(postgres_url, tmp_path, *proxy)
+    (run,) = result["runs"]
+    assert run["backend"] == "postgresql+proxy x2" and run["budget_met"] is True and result["ok"] is True
+    assert run["evaluated"] == WORKERS * ROUNDS and run["duplicates"] == 0 and run["worker_errors"] == []
+    assert run["sql_statements_per_trial"] == 0  # the workers ran no SQL: the proxy did
+    assert run["db_calls_per_trial"] > 0 and run["proxy_cpu_ms_per_trial"] > 0
+    assert 1 <= run["connections_peak"] <= 2 * (2 + 4)  # the proxy's 2 pools (2 threads + 4), not per worker

@@ -29,8 +29,9 @@ from skiptune.errors import SkiptuneError
 from skiptune.objectives.holdout import BlockDistances, block_bounds
 from skiptune.search import records as rec
 from skiptune.search.experiment.state import load_experiment, pending_candidates
-from skiptune.search.experiment.validation import NO_GAIN, VALIDATED, ValidationSettings, compare, decide
+from skiptune.search.experiment.validation import NO_GAIN, VALIDATED, compare, decide
 from skiptune.search.query import best_coefficients, summary_rows
+from skiptune.search.settings import ValidationSettings
 from skiptune.search.space import BASELINE_PARAMS
 from skiptune.search.study import find_studies
 from skiptune.search.worker.loop import run_worker
@@ -152,7 +153,7 @@ def _the_experiment(url: str):  # -> Experiment
 
 def test_workers_search_then_validate(search_assets: SearchAssets, tmp_path: Path, capsys: Any) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    _create(search_assets, url, "--growth-trials", "0")
+    _create(search_assets, url, "--growth-trials", "0", "--refine-trials", "0", "--no-window")
     summary = run_worker(
         url, model=str(search_assets.model), device="cpu", batch_size=8, heartbeat=1, grace=3
     )
@@ -213,7 +214,8 @@ class _Bowl:
 
 def test_box_grows_towards_an_edge_optimum(search_assets: SearchAssets, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
-    _create(search_assets, url, "--growth-trials", "6", "--growth-edge", "0.3", trials=8)
+    no_stages = ("--refine-trials", "0", "--no-window")
+    _create(search_assets, url, "--growth-trials", "6", "--growth-edge", "0.3", *no_stages, trials=8)
     summary = run_worker(
         url, model=str(search_assets.model), device="cpu", heartbeat=1, grace=3,
         objective_factory=lambda net, spec, **_: _Bowl(spec),

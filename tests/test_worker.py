@@ -40,6 +40,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.excep
 BUDGET = 10
 WARM = {"rho_bottom": 0.7, "rho_top": 0.8}
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+NO_LATER_STAGES = ("--refine-trials", "0", "--no-window")
 
 
 def _create_studies(assets: SearchAssets, url: str) -> None:
@@ -51,7 +52,8 @@ def _create_studies(assets: SearchAssets, url: str) -> None:
     optuna.load_study(study_name=neighbour.name, storage=storage).add_trial(
         create_trial(params=WARM, distributions=dists, value=0.01)
     )
-    assert cli(assets.study_args(nfes="2,3", trials=BUDGET, storage=url)) == 0
+    # the later stages (refinement, windows) have their own tests (test_window.py): this one is about trials
+    assert cli([*assets.study_args(nfes="2,3", trials=BUDGET, storage=url), *NO_LATER_STAGES]) == 0
 
 
 def _trials(url: str) -> dict[int, list[FrozenTrial]]:

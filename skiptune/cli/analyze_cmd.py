@@ -116,6 +116,11 @@ def run(args: argparse.Namespace) -> int:
         )
     device = resolve_device(args.device)
     loaded = load_model(args.model, device=device)
+    if callable(getattr(loaded.net, "decode", None)):
+        raise SkiptuneError(
+            f"model {loaded.name!r} samples latents: `analyze` noises real images in the network's own "
+            "space, which would need the VAE's encoder; it runs on pixel-space models only"
+        )
     demo = loaded.name == "demo"
     pair = None
     if tuned:
@@ -167,11 +172,9 @@ def run(args: argparse.Namespace) -> int:
 
 def sampler_levels(net: Any, sampler: str, nfe: int) -> list[float]:
     """The nonzero noise levels of the sampler's EDM schedule at ``nfe``: where it evaluates the net."""
-    from skiptune.sampling import SAMPLERS
-    from skiptune.sampling.schedule import EDMSchedule
+    from skiptune.sampling.levels import evaluated_sigmas
 
-    steps = SAMPLERS.get(sampler).steps_for_nfe(nfe)
-    return [float(v) for v in EDMSchedule().sigmas(net, steps, device="cpu").tolist() if v > 0]
+    return evaluated_sigmas(net, sampler, nfe)
 
 
 def check_commands(

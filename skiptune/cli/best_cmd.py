@@ -51,7 +51,10 @@ def describe(best: BestCoefficients) -> list[str]:
         f"rho_top        {best.rho_top:.4f}",
     ]
     if best.sigma_window is not None:
-        lines.append(f"sigma window   [{best.sigma_window[0]:.4g}, {best.sigma_window[1]:.4g}]")
+        lo, hi = best.sigma_window
+        lines.append(f"sigma window   [{lo:.4g}, {hi:.4g}]  (the pair acts only at these noise levels)")
+    elif best.validated:
+        lines.append("sigma window   none (the pair acts at every noise level)")
     if best.validated and best.gain is not None and best.gain_se is not None:
         lines.append(
             f"held-out       {best.holdout_value:.4f} vs baseline {best.holdout_baseline:.4f} "
@@ -59,6 +62,7 @@ def describe(best: BestCoefficients) -> list[str]:
         )
         what = "gain" if best.status == "validated" else "best candidate's gain (not significant)"
         lines.append(f"{what:<14} {100 * best.gain:+.2f}% +- {100 * best.gain_se:.2f}% (1 s.e.)")
+    lines += _window_lines(best)
     if best.value is not None:
         lines.append(f"search value   {best.value:.4f}  ({best.n_samples} samples, search seeds)")
     if best.baseline_value is None:
@@ -68,3 +72,19 @@ def describe(best: BestCoefficients) -> list[str]:
         lines.append(f"baseline (1,1) {best.baseline_value:.4f}  ({gain:+.1f}% on search seeds, unvalidated)")
     lines.append(f"trials         {best.n_trials}")
     return lines
+
+
+def _window_lines(best: BestCoefficients) -> list[str]:
+    """The window stage's evidence: the full-range answer a window beat, or the window that did not win."""
+    w, full = best.window, best.full_range
+    if w is None or full is None:
+        return []
+    pct = f"{100 * w['gain_vs_full']:+.2f}% +- {100 * w['gain_vs_full_se']:.2f}%"
+    if w["chosen"]:
+        return [
+            f"full range     ({full['rho_bottom']:.4f}, {full['rho_top']:.4f}) at every sigma: "
+            f"{100 * full['gain']:+.2f}% +- {100 * full['gain_se']:.2f}%",
+            f"window vs all  {pct} (held-out, paired: the window beat the full-range answer)",
+        ]
+    lo, hi = w["sigma_window"]
+    return [f"best window    [{lo:.4g}, {hi:.4g}]: {pct} vs the full range (not significant: not used)"]

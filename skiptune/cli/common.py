@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 from skiptune.errors import SkiptuneError
@@ -50,7 +51,10 @@ def model_help() -> str:
     """``--model``'s help: the registered names (skiptune.plugins.MODELS) or a path."""
     from skiptune.plugins import MODELS
 
-    return f"registered model ({', '.join(MODELS.names()) or 'none'}) or checkpoint path"
+    return (
+        f"registered model ({', '.join(MODELS.names()) or 'none'}) or checkpoint path (.pkl/.pt/"
+        ".safetensors, a diffusers UNet2DModel folder or a Stable Diffusion 1.x/2.x pipeline folder)"
+    )
 
 
 def extractor_help() -> str:
@@ -143,7 +147,9 @@ def add_validation_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=2.0,
         metavar="Z",
-        help="standard errors a gain must exceed to be recommended (default: %(default)s)",
+        help="standard errors a gain must exceed to be recommended, as a normal's: compared through the "
+        "Student-t quantile for --validate-blocks - 1 degrees of freedom (2 -> 2.32 for 10 blocks) "
+        "(default: %(default)s)",
     )
     group.add_argument(
         "--growth-trials",
@@ -162,12 +168,51 @@ def add_validation_options(parser: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )
     group.add_argument(
+        "--refine-trials",
+        type=int,
+        default=None,
+        metavar="T",
+        help="after validation, search T more trials in a small box around the answer (around (1, 1) "
+        "for no-gain) and validate again; 0: off (default: a quarter of --trials)",
+    )
+    group.add_argument(
+        "--refine-radius",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="the refinement box's half-width, a fraction of the search box's width (default: %(default)s)",
+    )
+    group.add_argument(
+        "--window-trials",
+        type=int,
+        default=None,
+        metavar="W",
+        help="window stage: sigma windows of a validated pair screened on the search seeds, at most W "
+        f"(default: {_default_window_trials()})",
+    )
+    group.add_argument(
+        "--window-candidates",
+        type=int,
+        default=2,
+        metavar="K",
+        help="window stage: the K best screened windows validated on held-out seeds (default: %(default)s)",
+    )
+    group.add_argument(
+        "--no-window", action="store_true", help="no window stage: the answer applies at every sigma"
+    )
+    group.add_argument(
         "--no-validate", action="store_true", help="no validation: the answer stays the search best"
     )
 
 
+def _default_window_trials() -> int:
+    from skiptune.search.settings import DEFAULT_WINDOW_TRIALS
+
+    return DEFAULT_WINDOW_TRIALS
+
+
 def validation_settings(args: argparse.Namespace, *, n_trials: int) -> Any:  # -> ValidationSettings
-    from skiptune.search.experiment.validation import ValidationSettings
+    from skiptune.search.settings import ValidationSettings
 
     return ValidationSettings.default_for(
         search_samples=args.n_samples,
@@ -180,4 +225,42 @@ def validation_settings(args: argparse.Namespace, *, n_trials: int) -> Any:  # -
         threshold=args.gain_threshold,
         growth_budget=args.growth_trials,
         edge=args.growth_edge,
+        refine_trials=args.refine_trials,
+        refine_radius=args.refine_radius,
+        window_trials=0 if args.no_window else args.window_trials,
+        window_candidates=args.window_candidates,
     )
+
+
+def add_conditioning_options(
+    parser: argparse.ArgumentParser, *, default_guidance: float | None = 1.0
+) -> None:
+    """``--prompts``, ``--negative-prompt``, ``--guidance``: the conditions of text-conditional models."""
+    parser.add_argument(
+        "--prompts", type=Path, default=None, metavar="FILE",
+        help="text models: prompts, one per line; sample i gets prompt (seed mod P)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--negative-prompt", default="", metavar="TEXT",
+        help="text models: the unconditional branch's prompt under guidance (default: empty)",
+    )  # fmt: skip
+    shown = "" if default_guidance is None else " (default: %(default)s)"
+    parser.add_argument(
+        "--guidance", type=float, default=default_guidance, metavar="W",
+        help="text models: classifier-free guidance scale, 1 = none; one guided evaluation counts as one NFE "
+        f"at twice the batch{shown}",
+    )  # fmt: skip
+
+
+def conditioning_from_args(args: argparse.Namespace) -> Any:  # -> Conditioning | None
+    """The conditioning the options describe; None without ``--prompts`` (then the others are refused)."""
+    from skiptune.sampling.conditions import Conditioning, read_prompts
+
+    guidance = 1.0 if args.guidance is None else float(args.guidance)
+    if args.prompts is None:
+        if guidance != 1.0 or args.negative_prompt:
+            raise SkiptuneError(
+                "--guidance/--negative-prompt need --prompts FILE (the prompts of a text-conditional model)"
+            )
+        return None
+    return Conditioning(read_prompts(args.prompts), args.negative_prompt, guidance)

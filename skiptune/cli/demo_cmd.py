@@ -62,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="local worker processes (default: one per NFE, at most one per CPU core)")  # fmt: skip
     add("--batch-size", type=int, default=50, help="samples per batch (default: %(default)s)")
     add("--storage", default=None, metavar="URL", help="storage URL (default: sqlite:///OUT/skiptune.db)")
+    add("--window-trials", type=int, default=0, metavar="W",
+        help="window stage: sigma windows screened per validated pair (`study create --window-trials`); "
+        "default %(default)s: off, to keep the demo's time")  # fmt: skip
+    add("--refine-trials", type=int, default=0, metavar="T",
+        help="refinement trials around the answer (`study create --refine-trials`); "
+        "default %(default)s: off")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         "--search", args.search, "--validate-samples", str(args.validate_samples),
         "--validate-top-k", str(args.validate_top_k), "--growth-trials", str(args.growth_trials),
         "--storage", url,
+        "--refine-trials", str(args.refine_trials),
+        *(["--window-trials", str(args.window_trials)] if args.window_trials > 0 else ["--no-window"]),
     )  # fmt: skip
     groups = worker_groups(nfes, workers)
     _run_workers(url, out, groups, batch_size=args.batch_size, seed=args.seed, started=started)

@@ -62,17 +62,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="images per batch (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from skiptune.cli.common import add_conditioning_options
+
+    add_conditioning_options(parser)
     add_json(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from skiptune.cli.common import parse_float_pair, parse_int_list, print_json
+    from skiptune.cli.common import conditioning_from_args, parse_float_pair, parse_int_list, print_json
     from skiptune.devices import resolve_device
     from skiptune.nets.registry import load_model
     from skiptune.objectives.features import create_extractor
     from skiptune.objectives.fid import FDObjective
     from skiptune.objectives.reference import load_reference
     from skiptune.objectives.spec import ObjectiveSpec
+    from skiptune.sampling import bind_conditioning
     from skiptune.skips import SkipSchedule
 
     bottom, top = parse_float_pair(args.rho, what="--rho")
@@ -80,16 +84,17 @@ def run(args: argparse.Namespace) -> int:
     schedule = SkipSchedule(rho_bottom=bottom, rho_top=top, sigma_window=window)
     rungs = parse_int_list(args.rungs, what="--rungs") if args.rungs else [args.n_samples]
     device = resolve_device(args.device)
+    conditioning = conditioning_from_args(args)
     reference = load_reference(args.reference)  # cheap checks first: files, then the model
     extractor = create_extractor(args.extractor, device=device, weights_path=args.extractor_weights)
     loaded = load_model(args.model, device=device)
     spec = ObjectiveSpec.describe(
         extractor, reference, reference_name=str(args.reference), n_samples=args.n_samples, rungs=rungs,
-        seed_base=args.seed_base,
+        seed_base=args.seed_base, conditioning=conditioning,
     )  # fmt: skip
     objective = FDObjective(
         spec=spec,
-        denoiser=loaded.net,
+        denoiser=bind_conditioning(loaded.net, conditioning, device=device),  # type: ignore[arg-type]
         sampler=args.sampler,
         nfe=args.nfe,
         extractor=extractor,

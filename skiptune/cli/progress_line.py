@@ -16,8 +16,8 @@ from typing import TextIO
 
 from skiptune.search.experiment.progress import StageProgress, seconds_left, seconds_per_sample_nfe
 
-_UNITS = {"search": "trials", "grow": "trials", "validation": "jobs"}
-_LABELS = {"grow": "growth"}
+_UNITS = {"search": "trials", "grow": "trials", "refine": "trials", "window": "trials", "validation": "jobs"}
+_LABELS = {"grow": "growth", "refine": "refinement"}
 
 
 @dataclass(frozen=True)

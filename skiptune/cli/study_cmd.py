@@ -7,9 +7,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from skiptune.cli.common import (
+    add_conditioning_options,
     add_json,
     add_storage,
     add_validation_options,
+    conditioning_from_args,
     extractor_help,
     model_help,
     parse_float_pair,
@@ -36,7 +38,11 @@ When the budget is spent the answer is validated: the top --validate-top-k disti
 baseline are re-evaluated on held-out seeds no trial used, and the best is recommended only if its gain
 over the baseline exceeds --gain-threshold standard errors (else (1, 1), status no-gain). If the
 validated best presses against a side of the box, the box grows on that side and up to --growth-trials
-more trials search there, then validate again.
+more trials search there, then validate again. Then --refine-trials more trials search a small box around
+the answer (around (1, 1) for no-gain), validated the same way. Last, the window stage: the validated pair
+inside sigma windows made of the sampler's own noise levels (at most --window-trials, screened on the
+search seeds; the --window-candidates best validated on the held-out seeds); a window is the answer only
+if it beats the full-range pair there by the same rule (--no-window: off).
 
 The search box defaults to [0.2, 1.2] for both coefficients: the paper's tuned values (0.6-1.0) and the
 demo model's optima (0.3-1.15) lie inside it, and (1, 1) stays an interior point; it grows when needed.
@@ -46,7 +52,13 @@ examples:
       --reference refs/fmnist-train.npz --n-samples 10000 --rungs 2000,10000 --trials 30
   skiptune study create --model edm-cifar10 --sampler heun --nfe 9 --extractor inception-v3 \\
       --reference cifar10-32x32.npz --search gp --storage postgresql://user:pw@db/skiptune
+  skiptune study create --model ./stable-diffusion-v1-5 --prompts prompts.txt --guidance 7.5 \\
+      --sampler dpmpp_2m --nfe 10,20 --extractor inception-v3-compat --reference coco-512.npz --n-samples 5000
   skiptune study list --model demo
+
+Text-conditional models (Stable Diffusion pipeline folders) need --prompts: sample i is conditioned on
+prompt (seed mod P). The prompts, negative prompt and guidance scale are part of the study's identity.
+One guided evaluation (conditional and unconditional halves in one batch of twice the size) is one NFE.
 """
 
 
@@ -117,6 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("LO", "HI"),
         help="also search a sigma window [lo, hi] inside this range (log scale); default: off",
     )
+    add_conditioning_options(create)
     add_validation_options(create)
     add_storage(create)
     add_json(create)
@@ -156,6 +169,7 @@ def _create(args: argparse.Namespace) -> int:
         ),
     )
     url = normalize_url(storage_url(args))  # fail fast on a bad URL, before loading anything
+    conditioning = conditioning_from_args(args)  # a bad prompts file too
     loaded = load_model(args.model, device="cpu")
     specs = study_specs(
         loaded,
@@ -169,6 +183,7 @@ def _create(args: argparse.Namespace) -> int:
         space=space,
         n_trials=args.trials,
         search=args.search,
+        conditioning=conditioning,
     )
     specs = [replace(s, seed=args.seed) for s in specs]  # validates the seed
     validation = None if args.no_validate else validation_settings(args, n_trials=args.trials)

@@ -13,7 +13,8 @@ from skiptune.storage import open_storage
 HELP = "table of best vs baseline distance per sampler and NFE for a model"
 DESCRIPTION = """One row per study: its status, the headline gain (held-out, +- one standard error, once
 validated; "(search)" marks the search's own, optimistically biased gain before that), the recommended
-pair, and the search-seed distances of the baseline and of the pair.
+pair and its sigma window ("all": every noise level; a window only where the window stage validated
+one that beats the pair on every level), and the search-seed distances of the baseline and of the pair.
 
 examples:
   skiptune table --model demo
@@ -49,6 +50,16 @@ def _gain(row: dict[str, object]) -> str:
     return f"{100 * gain:+.1f}±{100 * se:.1f}%" if isinstance(se, float) else f"{100 * gain:+.1f}%"
 
 
+def _window(row: dict[str, object]) -> str:
+    """The answer's sigma window, or "all"; with the full-range gain it beat (held-out)."""
+    window = row["sigma_window"]
+    if not isinstance(window, list):
+        return "-" if row["rho_bottom"] is None else "all"
+    full = row.get("full_range")
+    beat = f" (all: {100 * full['gain']:+.1f}%)" if isinstance(full, dict) else ""
+    return f"[{window[0]:.3g}, {window[1]:.3g}]{beat}"
+
+
 def run(args: argparse.Namespace) -> int:
     rows = summary_rows(open_storage(storage_url(args), read_only=True), args.model)
     if args.json:
@@ -67,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         "gain",
         "rho_bottom",
         "rho_top",
+        "sigma window",
         "baseline",
         "tuned",
         "trials",
@@ -82,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
             _gain(r),
             _fmt(r["rho_bottom"], ".3f"),
             _fmt(r["rho_top"], ".3f"),
+            _window(r),
             _fmt(r["baseline_value"]),
             _fmt(r["value"]),
             f"{r['n_trials']}/{r['budget']}",

@@ -1,12 +1,13 @@
 """The bundled Fashion-MNIST demo, a plugin like any other: it registers itself into the registries.
 
-    register()          model ``demo``, extractor ``fmnist-classifier``, reference ``demo`` and the
-                        image source ``fmnist:train|fmnist:test`` (see ``skiptune.plugins``)
+    register()          models ``demo`` and ``demo-latent`` (a diffusers pipeline folder), extractor
+                        ``fmnist-classifier``, reference ``demo`` and the image source
+                        ``fmnist:train|fmnist:test`` (see ``skiptune.plugins``)
     bundled.py          the names above and the shipped files (assets/: weights, statistics, model card)
     data.py             Fashion-MNIST idx files -> uint8 tensors
     classifier.py       the fmnist-classifier (a small CNN whose pooled features embed images)
     training/           recipes that made the assets (``skiptune train``,
-                        ``python -m skiptune.demo.training``)
+                        ``python -m skiptune.demo.training``; ``training/latent/``: ``demo-latent``)
 
 Outside ``skiptune.demo`` and ``skiptune.cli`` nothing names the demo; ``register`` only records names
 and factories (their modules are imported when first used), so loading it costs nothing.
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING
 from skiptune.demo.bundled import (
     DEMO_CLASSIFIER_PATH,
     DEMO_EXTRACTOR,
+    DEMO_LATENT_MODEL,
+    DEMO_LATENT_PATH,
     DEMO_MODEL,
     DEMO_MODEL_PATH,
     DEMO_REFERENCE,
@@ -41,6 +44,7 @@ def register() -> None:
     from skiptune import plugins
 
     plugins.MODELS.register(DEMO_MODEL, _demo_model)  # a getter whose error says how to get the file
+    plugins.MODELS.register(DEMO_LATENT_MODEL, _demo_latent_model)
     plugins.register_extractor(DEMO_EXTRACTOR, _fmnist_classifier)
     plugins.register_reference(DEMO_REFERENCE, DEMO_REFERENCE_PATH)
     plugins.register_image_source(FMNIST_SOURCE, _open_fmnist, usage="fmnist:train|fmnist:test")
@@ -54,6 +58,18 @@ def _demo_model() -> Path:
             "checkpoint path"
         )
     return DEMO_MODEL_PATH
+
+
+def _demo_latent_model() -> Path:
+    """The shipped latent demo pipeline folder; one line saying how to make it where it is absent."""
+    folder = DEMO_LATENT_PATH
+    if not (folder / "model_index.json").is_file():
+        raise SkiptuneError(
+            f"model {DEMO_LATENT_MODEL!r} is registered at {folder}, which holds no diffusers pipeline "
+            "(no model_index.json); train it (`scripts/gpu_latent_demo.sh OUTDIR`, then unpack "
+            f"OUTDIR/latent-demo.tar into {folder}), reinstall skiptune or pass a pipeline folder path"
+        )
+    return folder
 
 
 def _fmnist_classifier(

@@ -14,8 +14,10 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 DEMO_MODEL_PATH = ASSETS / "fmnist-edm.pt"
 DEMO_CLASSIFIER_PATH = ASSETS / "fmnist-classifier.pt"
 DEMO_REFERENCE_PATH = ASSETS / "fmnist-train-stats.npz"
+DEMO_LATENT_PATH = ASSETS / "latent"  # a diffusers StableDiffusionPipeline folder (MODEL_CARD.md)
 
 DEMO_MODEL = "demo"  # --model demo
+DEMO_LATENT_MODEL = "demo-latent"  # --model demo-latent: latent, text-conditional (prompts: class names)
 DEMO_EXTRACTOR = "fmnist-classifier"  # --extractor fmnist-classifier
 DEMO_REFERENCE = "demo"  # --reference demo: the 60k training images' statistics in that space
 FMNIST_SOURCE = "fmnist"  # --source fmnist:train / fmnist:test

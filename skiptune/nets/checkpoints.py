@@ -52,27 +52,49 @@ for _name, _cls in (("Precond", EDM2Precond), ("UNet", EDM2UNet), ("EDM2Precond"
 
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load a denoiser from an EDM ``.pkl``, a ``.pt``/``.pth``, a ``.safetensors`` or a diffusers folder."""
+    """Load a denoiser from an EDM ``.pkl``, a ``.pt``/``.pth``, a ``.safetensors``, a latent model ``.json``
+    (a checkpoint + the VAE folder decoding it, see ``nets.pipelines.latent_model``) or a diffusers folder."""
     path = Path(path)
     if not path.exists():
         raise SkiptuneError(f"checkpoint {path} does not exist; check the path or the model name")
     if path.is_dir():
-        from skiptune.nets.diffusers import load_diffusers_unet
-
-        return load_diffusers_unet(path, device=device)
+        return _load_folder(path, device=device)
     loader = _LOADERS.get(path.suffix.lower())
     if loader is None:
         raise SkiptuneError(
-            f"unknown checkpoint type {path.name!r}; expected .pkl (EDM), .pt/.pth, .safetensors "
-            "or a diffusers folder"
+            f"unknown checkpoint type {path.name!r}; expected .pkl (EDM), .pt/.pth, .safetensors, "
+            "a latent model .json or a diffusers folder"
         )
     net = loader(path)
     return net.to(device).eval()
 
 
+def _load_folder(path: Path, *, device: str | torch.device) -> torch.nn.Module:
+    from skiptune.nets.pipelines.folder import STABLE_DIFFUSION, pipeline_kind
+
+    if pipeline_kind(path) == STABLE_DIFFUSION:
+        from skiptune.nets.pipelines.stable_diffusion import load_stable_diffusion
+
+        return load_stable_diffusion(path, device=device)
+    from skiptune.nets.diffusers import load_diffusers_unet
+
+    return load_diffusers_unet(path, device=device)
+
+
 def _loaders() -> dict[str, Callable[[Path], torch.nn.Module]]:
     return {".pkl": _load_edm_pickle, ".pt": _load_torch, ".pth": _load_torch,
-            ".safetensors": _load_safetensors}
+            ".safetensors": _load_safetensors, ".json": _load_latent_model}
+
+
+def _load_latent_model(path: Path) -> torch.nn.Module:
+    from skiptune.nets.pipelines.latent_model import load_latent_model
+
+    def load_denoiser(inner: Path) -> torch.nn.Module:
+        if inner.suffix.lower() == ".json" or inner.is_dir():
+            raise SkiptuneError(f"{path}: the denoiser {inner.name} must be a .pkl/.pt/.safetensors file")
+        return load_checkpoint(inner)
+
+    return load_latent_model(path, load_denoiser=load_denoiser)
 
 
 def save_checkpoint(net: torch.nn.Module, path: str | Path, *, config: dict[str, Any] | None = None) -> Path:

@@ -36,11 +36,22 @@ def _is_unet(obj: object) -> bool:
     return isinstance(obj, classes)
 
 
+# Attributes through which wrappers hold the net they run: the fast path's ``.net``, guidance's ``.denoiser``.
+_WRAPPED = ("net", "denoiser")
+_MAX_WRAPPERS = 4
+
+
 def find_diffusers_unet(net: torch.nn.Module) -> torch.nn.Module | None:
-    """``net`` itself or its ``.unet`` when that is a diffusers UNet2DModel/UNet2DConditionModel."""
-    for candidate in (net, getattr(net, "unet", None)):
-        if _is_unet(candidate):
-            return candidate  # type: ignore[return-value]
+    """``net`` itself or its ``.unet`` when that is a diffusers UNet2DModel/UNet2DConditionModel, also
+    through wrappers (``.net``, ``.denoiser``) around such a net."""
+    current: object = net
+    for _ in range(_MAX_WRAPPERS):
+        for candidate in (current, getattr(current, "unet", None)):
+            if _is_unet(candidate):
+                return candidate  # type: ignore[return-value]
+        current = next((w for w in (getattr(current, a, None) for a in _WRAPPED) if w is not None), None)
+        if current is None:
+            return None
     return None
 
 
@@ -60,8 +71,25 @@ def num_diffusers_skips(unet: torch.nn.Module) -> int:
     return sum(len(block.resnets) for block in _up_blocks(unet))  # type: ignore[arg-type,misc]
 
 
+# Per up block: a non-persistent float32 buffer of its skips' coefficients (tuple order), read by one
+# pre-hook registered on first use. Tuning writes the buffer (copy_), so a compiled UNet is never
+# recompiled when the coefficients change (new hooks with other constants would recompile every trial).
+_SCALE_BUFFER = "skiptune_skip_scale"
+
+
+class _Restore:
+    """Puts a block's previous coefficients back; ``remove()`` as a hook handle's."""
+
+    def __init__(self, buffer: torch.Tensor, saved: torch.Tensor) -> None:
+        self.buffer, self.saved = buffer, saved
+
+    def remove(self) -> None:
+        with torch.no_grad():
+            self.buffer.copy_(self.saved)
+
+
 def scale_diffusers_skips(unet: torch.nn.Module, coefficients: Sequence[float]) -> list[Any]:
-    """Register pre-hooks multiplying skip j by ``coefficients[j]``; returns the hook handles."""
+    """Multiply skip j by ``coefficients[j]`` until the returned handles' ``remove()``."""
     blocks = _up_blocks(unet)
     expected = num_diffusers_skips(unet)
     if len(coefficients) != expected:
@@ -72,26 +100,39 @@ def scale_diffusers_skips(unet: torch.nn.Module, coefficients: Sequence[float]) 
         count = len(block.resnets)  # type: ignore[arg-type]
         # Tuple position p is consumed (count - 1 - p)-th within the block.
         block_coefs = [float(coefficients[offset + count - 1 - p]) for p in range(count)]
-        handles.append(block.register_forward_pre_hook(_tuple_scaler(block_coefs), with_kwargs=True))
+        buffer = _scale_buffer(block, count)
+        handles.append(_Restore(buffer, buffer.detach().clone()))
+        with torch.no_grad():
+            buffer.copy_(torch.tensor(block_coefs, dtype=torch.float32))
         offset += count
     return handles
 
 
-def _tuple_scaler(coefs: list[float]) -> Any:
-    def scale(_block: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        key = "res_hidden_states_tuple"
-        from_kwargs = key in kwargs
-        if not from_kwargs and len(args) < 2:
-            raise SkiptuneError("diffusers up block was called without res_hidden_states_tuple")
-        skips = kwargs[key] if from_kwargs else args[1]
-        if len(skips) != len(coefs):
-            raise SkiptuneError(f"up block got {len(skips)} skips, expected {len(coefs)}")
-        scaled = tuple(s if c == 1.0 else s * c for s, c in zip(skips, coefs))
-        if from_kwargs:
-            return args, {**kwargs, key: scaled}
-        return (args[0], scaled, *args[2:]), kwargs
+def _scale_buffer(block: torch.nn.Module, count: int) -> torch.Tensor:
+    buffer = getattr(block, _SCALE_BUFFER, None)
+    if isinstance(buffer, torch.Tensor):
+        return buffer
+    device = next(block.parameters()).device
+    with torch.inference_mode(False):  # a normal tensor: later writes may come from outside inference mode
+        block.register_buffer(_SCALE_BUFFER, torch.ones(count, device=device), persistent=False)
+    block.register_forward_pre_hook(_scale_tuple, with_kwargs=True)
+    return block.get_buffer(_SCALE_BUFFER)
 
-    return scale
+
+def _scale_tuple(block: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    key = "res_hidden_states_tuple"
+    from_kwargs = key in kwargs
+    if not from_kwargs and len(args) < 2:
+        raise SkiptuneError("diffusers up block was called without res_hidden_states_tuple")
+    skips = kwargs[key] if from_kwargs else args[1]
+    coefs = block.get_buffer(_SCALE_BUFFER)
+    if len(skips) != coefs.numel():
+        raise SkiptuneError(f"up block got {len(skips)} skips, expected {coefs.numel()}")
+    # x * 1.0 is x exactly: the untuned UNet stays bit-identical
+    scaled = tuple(s * coefs[p] for p, s in enumerate(skips))  # a 0-d float32: the result keeps s.dtype
+    if from_kwargs:
+        return args, {**kwargs, key: scaled}
+    return (args[0], scaled, *args[2:]), kwargs
 
 
 # --- loading a diffusers folder -------------------------------------------------------------------

@@ -35,7 +35,9 @@ from skiptune.sampling.contract import CONTRACT_ATTRIBUTES, as_denoiser
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_OPTIONAL = ("sigma_data", "use_fp16")
+# Also passed on: a latent model's decoding and image size, a text model's encoder, the folder identity.
+_OPTIONAL = ("sigma_data", "use_fp16", "decode", "image_resolution", "image_channels", "encode_text",
+             "extra_identity")
 
 
 @dataclass(frozen=True)

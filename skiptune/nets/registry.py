@@ -43,9 +43,14 @@ def fingerprint(net: torch.nn.Module) -> str:
     """sha256 hex digest over the sorted state dict: names, dtypes, shapes and bytes.
 
     Independent of the device (tensors are hashed from CPU copies) and of non-persistent buffers
-    such as the skip coefficients, so tuning never changes a model's identity.
+    such as the skip coefficients, so tuning never changes a model's identity. A net that also depends
+    on files outside its weights (a pipeline folder's configs and tokenizer) states their hash as
+    ``extra_identity``, which is hashed in too.
     """
     digest = hashlib.sha256()
+    extra = getattr(net, "extra_identity", "")
+    if extra:
+        digest.update(f"extra|{extra}\n".encode())
     state = net.state_dict()
     for name in sorted(state):
         tensor = state[name].detach().to("cpu").contiguous()

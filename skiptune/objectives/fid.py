@@ -21,7 +21,7 @@ from skiptune.objectives.frechet import FeatureStats, frechet_distance
 from skiptune.objectives.holdout import BlockDistances, block_bounds, from_block_stats
 from skiptune.objectives.reference import ReferenceStats, check_compatible
 from skiptune.objectives.spec import ObjectiveSpec
-from skiptune.sampling import SAMPLERS, generate_images
+from skiptune.sampling import SAMPLERS, bind_conditioning, generate_images, image_shape
 from skiptune.skips import SkipSchedule, skip_tuning
 
 
@@ -51,14 +51,13 @@ class FDObjective:
         if batch_size < 1:
             raise SkiptuneError(f"bad batch size {batch_size}: expected an integer >= 1")
         _check_matches(spec, extractor, reference)
-        resolution = int(denoiser.img_resolution)  # type: ignore[arg-type]
+        channels, resolution = image_shape(denoiser)  # a latent model's decoded images
         wanted = getattr(extractor, "input_resolution", None)
         if wanted is not None and wanted != resolution:
             raise SkiptuneError(
                 f"extractor {extractor.name!r} takes {wanted}x{wanted} images but the model makes "
                 f"{resolution}x{resolution}; choose an extractor that accepts them (e.g. inception-v3-compat)"
             )
-        channels = int(denoiser.img_channels)  # type: ignore[arg-type]
         check_compatible(reference, extractor=extractor, resolution=resolution, channels=channels)
         self.spec, self.denoiser, self.sampler, self.nfe = spec, denoiser, sampler, nfe
         self.extractor, self.reference = extractor, reference
@@ -77,10 +76,11 @@ class FDObjective:
         device: torch.device,
         batch_size: int,
     ) -> FDObjective:
-        """The objective ``spec`` describes, on ``device``: this machine's extractor and checked reference."""
+        """The objective ``spec`` describes, on ``device``: this machine's extractor and checked reference;
+        a text-conditional net bound to the spec's prompts and guidance."""
         return cls(
             spec=spec,
-            denoiser=net,
+            denoiser=bind_conditioning(net, spec.conditioning, device=device),  # type: ignore[arg-type]
             sampler=sampler,
             nfe=nfe,
             extractor=create_extractor(spec.extractor, device=device),

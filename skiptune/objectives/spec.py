@@ -19,6 +19,7 @@ from typing import Any
 from skiptune.errors import SkiptuneError
 from skiptune.objectives.features import FeatureExtractor, extractor_name
 from skiptune.objectives.reference import ReferenceStats, load_reference, resolve_reference
+from skiptune.sampling.conditions import Conditioning
 from skiptune.seeds import check_seed_range
 
 
@@ -57,6 +58,7 @@ class ObjectiveSpec:
     n_samples: int
     rungs: tuple[int, ...] = ()
     seed_base: int = 0
+    conditioning: Conditioning | None = None  # prompts, negative prompt, guidance (text models only)
 
     def __post_init__(self) -> None:
         if self.n_samples < 2:
@@ -77,6 +79,7 @@ class ObjectiveSpec:
         n_samples: int,
         rungs: Sequence[int] = (),
         seed_base: int = 0,
+        conditioning: Conditioning | None = None,
     ) -> ObjectiveSpec:
         """The spec of an objective on this extractor and these reference statistics."""
         return cls(
@@ -87,10 +90,15 @@ class ObjectiveSpec:
             n_samples=n_samples,
             rungs=tuple(rungs),
             seed_base=seed_base,
+            conditioning=conditioning,
         )
 
     def identity(self, *, sampler: str, nfe: int, settings: Mapping[str, Any]) -> dict[str, str]:
-        """Everything that changes the number, as strings (not device or batch size: those never do)."""
+        """Everything that changes the number, as strings (not device or batch size: those never do).
+
+        The conditioning's keys appear only for text-conditional objectives, so every earlier study keeps
+        its identity (and name)."""
+        conditioning = self.conditioning.identity() if self.conditioning is not None else {}
         return {
             "objective": "frechet-distance",
             "extractor": self.extractor,
@@ -102,11 +110,12 @@ class ObjectiveSpec:
             "sampler": sampler,
             "sampler_settings": json.dumps(dict(settings), sort_keys=True, default=str),
             "nfe": str(nfe),
+            **conditioning,
         }
 
     def to_args(self) -> dict[str, Any]:
         """How a worker rebuilds the objective (stored with the study; ``feature_dim`` is in its identity)."""
-        return {
+        args: dict[str, Any] = {
             "extractor": self.extractor,
             "reference_path": self.reference,
             "reference_sha256": self.reference_sha256,
@@ -114,6 +123,9 @@ class ObjectiveSpec:
             "rungs": list(self.rungs),
             "seed_base": self.seed_base,
         }
+        if self.conditioning is not None:
+            args["conditioning"] = self.conditioning.to_dict()
+        return args
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any], *, feature_dim: int) -> ObjectiveSpec:
@@ -132,6 +144,11 @@ class ObjectiveSpec:
             n_samples=int(args["n_samples"]),
             rungs=tuple(int(r) for r in args.get("rungs") or ()),
             seed_base=int(args.get("seed_base", 0)),
+            conditioning=(
+                Conditioning.from_dict(args["conditioning"])
+                if isinstance(args.get("conditioning"), dict)
+                else None
+            ),
         )
 
     def checked_reference(self) -> ReferenceStats:

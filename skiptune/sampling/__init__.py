@@ -15,6 +15,7 @@ workers and devices): see :mod:`skiptune.sampling.noise`.
 
 from __future__ import annotations
 
+from skiptune.sampling.conditions import Conditioning, GuidedDenoiser, bind_conditioning, read_prompts
 from skiptune.sampling.contract import (
     Denoiser,
     DenoiserLike,
@@ -25,7 +26,7 @@ from skiptune.sampling.contract import (
     denoise,
     round_sigma,
 )
-from skiptune.sampling.generate import generate_images, sample_batch, to_uint8
+from skiptune.sampling.generate import decode, generate_images, image_shape, sample_batch, to_uint8
 from skiptune.sampling.nfe import NFERule
 from skiptune.sampling.noise import PerSampleGenerator
 from skiptune.sampling.registry import SAMPLERS, SamplerSpec, register_sampler
@@ -36,11 +37,13 @@ from skiptune.sampling.settings import ChurnSettings, NoSettings, SamplerSetting
 __all__ = [
     "SAMPLERS",
     "ChurnSettings",
+    "Conditioning",
     "DPMSolverSettings",
     "Denoiser",
     "DenoiserLike",
     "EDMSchedule",
     "EulerSettings",
+    "GuidedDenoiser",
     "HeunSettings",
     "NFERule",
     "NoSettings",
@@ -51,12 +54,16 @@ __all__ = [
     "SamplerSettings",
     "SamplerSpec",
     "as_denoiser",
+    "bind_conditioning",
+    "decode",
     "denoise",
     "dpmpp_2m",
     "edm_sigmas",
     "euler",
     "generate_images",
     "heun",
+    "image_shape",
+    "read_prompts",
     "register_sampler",
     "round_sigma",
     "sample_batch",

@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 from skiptune.errors import SkiptuneError
 from skiptune.search.budget import used_budget
 from skiptune.search.experiment.state import UNVALIDATED, Experiment, load_experiment, param_key
-from skiptune.search.experiment.validation import NO_GAIN, VALIDATED
+from skiptune.search.experiment.validation import NO_GAIN, VALIDATED, Decision
 from skiptune.search.records import BASELINE, ROLE_ATTR
 from skiptune.search.space import schedule_from_params
 from skiptune.search.study import StoredStudy, find_studies
@@ -23,6 +23,8 @@ from skiptune.storage import open_storage
 class BestCoefficients:
     """The answer of one study: the recommended pair, how far it is validated, and its evidence.
 
+    ``sigma_window``: None (the pair applies at every noise level) or ``(lo, hi)`` (only for
+    ``lo <= sigma <= hi``: the window stage found the pair better there, see ``window``).
     ``status``: ``searching`` / ``validating`` (the pair is the search's best so far, unvalidated),
     ``validated`` (the pair beat the baseline on held-out seeds by more than the threshold in standard
     errors), ``no-gain`` (it did not: the pair is (1, 1)), ``unvalidated`` (a study without validation:
@@ -47,6 +49,12 @@ class BestCoefficients:
     holdout_samples: int | None = None
     search_best: dict[str, float] | None = None  # the search's own minimum (unvalidated), for reference
     box: dict[str, list[float]] | None = None  # the latest search box (grown boxes included)
+    # the full-range answer (the pair on every sigma) as the validation decided it, when validated:
+    # rho_bottom, rho_top, status, holdout_value, gain, gain_se; equal to the answer without a window
+    full_range: dict[str, Any] | None = None
+    # the window stage's best validated window, won or not: sigma_window, holdout_value, gain and gain_se
+    # over the baseline, gain_vs_full and gain_vs_full_se over the full-range answer, chosen
+    window: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,7 +77,8 @@ def pick_study(
     if len(studies) > 1:
         raise SkiptuneError(
             f"{len(studies)} studies match model {model!r}, sampler {sampler!r}, NFE {nfe} (different "
-            f"objectives or search spaces): {', '.join(s.name for s in studies)}; pick one with --study NAME"
+            f"objectives or search spaces): {', '.join(s.name for s in studies)}; pick one with --study NAME "
+            "(study_name= in Python)"
         )
     return studies[0]
 
@@ -109,7 +118,7 @@ def answer_of(exp: Experiment) -> BestCoefficients | None:
     decision = exp.decision() if status in (VALIDATED, NO_GAIN) else None
     params = decision.params if decision is not None else dict(best.params)
     schedule = schedule_from_params(params)
-    chosen = _search_value(trials, params)
+    chosen = _search_value([*trials, *(t for w in exp.windows for t in w.trials)], params)
     compared = decision.best if decision is not None else None
     holdout_value = None
     if decision is not None and compared is not None:
@@ -131,8 +140,43 @@ def answer_of(exp: Experiment) -> BestCoefficients | None:
         gain_se=compared.relative_gain_se if compared is not None else None,
         holdout_samples=compared.n_samples if compared is not None else None,
         search_best={**{k: float(v) for k, v in best.params.items()}, "value": float(best.value)},  # type: ignore[arg-type]
-        box=exp.phases[-1].space.to_dict(),
+        box=exp.box.to_dict(),
+        full_range=_full_range(exp.full_range_decision()) if decision is not None else None,
+        window=_window(decision) if decision is not None else None,
     )
+
+
+def _full_range(decision: Decision | None) -> dict[str, Any] | None:
+    if decision is None:
+        return None
+    schedule = schedule_from_params(decision.params)
+    best = decision.best
+    return {
+        "rho_bottom": schedule.rho_bottom,
+        "rho_top": schedule.rho_top,
+        "status": decision.status,
+        "holdout_value": best.value if decision.status == VALIDATED else best.baseline_value,
+        "gain": best.relative_gain,
+        "gain_se": best.relative_gain_se,
+    }
+
+
+def _window(decision: Decision) -> dict[str, Any] | None:
+    window, versus = decision.window, decision.versus_full
+    if window is None or versus is None:
+        return None
+    lo_hi = schedule_from_params(window.params).sigma_window
+    return {
+        "sigma_window": list(lo_hi) if lo_hi else None,
+        "rho_bottom": window.params["rho_bottom"],
+        "rho_top": window.params["rho_top"],
+        "holdout_value": window.value,
+        "gain": window.relative_gain,
+        "gain_se": window.relative_gain_se,
+        "gain_vs_full": versus.relative_gain,
+        "gain_vs_full_se": versus.relative_gain_se,
+        "chosen": decision.best is window,
+    }
 
 
 def _search_value(trials: Sequence[FrozenTrial], params: dict[str, Any]) -> FrozenTrial | None:
@@ -196,7 +240,8 @@ def _answer_columns(answer: BestCoefficients | None) -> dict[str, Any]:
     if answer is None:
         keys = ("rho_bottom", "rho_top", "sigma_window", "value", "improvement", "gain", "gain_se")
         return {**dict.fromkeys(keys), "baseline_value": None, "improvement_source": None,
-                "holdout_samples": None, "validated": False, "search_best": None}  # fmt: skip
+                "holdout_samples": None, "validated": False, "search_best": None,
+                "full_range": None, "window": None}  # fmt: skip
     if answer.validated:
         improvement = answer.gain if answer.status == VALIDATED else 0.0
         source = "held-out"
@@ -217,4 +262,6 @@ def _answer_columns(answer: BestCoefficients | None) -> dict[str, Any]:
         "holdout_samples": answer.holdout_samples,
         "validated": answer.validated,
         "search_best": answer.search_best,
+        "full_range": answer.full_range,
+        "window": answer.window,
     }

@@ -6,7 +6,10 @@ main study (named by its identity, see ``study.py``) plus companion studies name
 
 * ``{main}/grow{p}`` (p = 1, 2, ...): a search phase over a grown box (attributes: parent, kind, phase,
   space, budget); the main study is phase 0;
-* ``{main}/validate{r}`` (r = 0, 1, ...): a validation round, one enqueued trial (job) per candidate.
+* ``{main}/validate{r}`` (r = 0, 1, ...): a validation round, one enqueued trial (job) per candidate;
+* ``{main}/refine{p}``: a search phase in a small box around the answer (as a grow phase);
+* ``{main}/window{w}`` (w = 0, 1, ...): the window stage's screen of sigma windows of the answer's pair
+  on the search seeds, one enqueued trial per window (attributes as a grow phase's).
 
 Companions carry no identity attribute, so ``find_studies`` never mistakes them for experiments, and
 optuna-dashboard shows them as ordinary studies.
@@ -30,6 +33,8 @@ import sqlalchemy.exc
 import sqlalchemy.orm
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
+from skiptune.storage.proxy_client import BEAT_ATTR  # system attr: the heartbeat counter behind the proxy
+
 # ---- study attributes of a main study
 IDENTITY_ATTR = "skiptune_identity"
 OBJECTIVE_ARGS_ATTR = "skiptune_objective_args"
@@ -40,12 +45,17 @@ SEED_ATTR = "skiptune_seed"  # the search's seed (study create --seed); workers 
 
 # ---- study attributes of a companion study
 PARENT_ATTR = "skiptune_parent"  # the main study's name
-KIND_ATTR = "skiptune_kind"  # GROW or VALIDATION
-PHASE_ATTR = "skiptune_phase"  # grow phase p / validation round r
-SPACE_ATTR = "skiptune_space"  # a grow phase's SearchSpace.to_dict()
-PHASE_BUDGET_ATTR = "skiptune_budget"  # a grow phase's trial budget
+KIND_ATTR = "skiptune_kind"  # GROW, REFINE, WINDOW or VALIDATION
+PHASE_ATTR = "skiptune_phase"  # grow/refine phase p / window screen w / validation round r
+SPACE_ATTR = "skiptune_space"  # a grow/refine/window phase's SearchSpace.to_dict()
+PHASE_BUDGET_ATTR = "skiptune_budget"  # a grow/refine/window phase's trial budget
+SAMPLER_SIGMAS_ATTR = "skiptune_sampler_sigmas"  # main study: the levels the sampler evaluates the net at
 GROW = "grow"
+REFINE = "refine"
+WINDOW = "window"
 VALIDATION = "validation"
+COMPANION_PREFIX = {GROW: "grow", REFINE: "refine", WINDOW: "window", VALIDATION: "validate"}
+_SUFFIXES = COMPANION_PREFIX  # companion kind -> name suffix before its index
 
 # ---- trial attributes
 ROLE_ATTR = "skiptune_role"  # baseline / warm_start / prior (copied into a grow phase) / candidate
@@ -63,6 +73,7 @@ BASELINE = "baseline"
 WARM_START = "warm_start"
 PRIOR = "prior"
 CANDIDATE = "candidate"
+WINDOW_CANDIDATE = "window"  # a job of the window stage: the answer's pair in a sigma window
 
 # ---- fail kinds; only an evaluation failure counts against a budget
 EVALUATION_FAILED = "evaluation"
@@ -76,7 +87,6 @@ FAILED_TRIAL = "failed_trial"  # system attr of a re-run (as ``RetryHeartbeatSta
 CLAIM_ATTR = "skiptune_rerun_claim"  # system attr: who re-runs this trial ({"by": token, "at": unix time})
 
 
-_SUFFIXES = {GROW: "grow", VALIDATION: "validate"}  # companion kind -> name suffix before its index
 
 
 def companion_name(main: str, kind: str, index: int) -> str:
@@ -342,11 +352,25 @@ def reset_session(storage: optuna.storages.BaseStorage) -> None:
             backend.scoped_session.remove()
 
 
+def running_liveness(storage: optuna.storages.BaseStorage, sid: int) -> list[tuple[int, float | None, Any]]:
+    """(trial id, heartbeat age, beat mark) of every RUNNING trial.
+
+    On an RDB storage the age is the seconds since its last heartbeat (None if it never beat) and
+    the mark None. Behind the gRPC proxy, which carries no heartbeat table, the age is None and the
+    mark is the trial's beat counter (``BEAT_ATTR``; None if it never beat): the caller judges how
+    long it has seen it unchanged.
+    """
+    if _rdb(storage) is None:
+        running = storage.get_all_trials(sid, deepcopy=False, states=(TrialState.RUNNING,))
+        return [(t._trial_id, None, t.system_attrs.get(BEAT_ATTR)) for t in running]
+    return [(tid, age, None) for tid, age in running_heartbeats(storage, sid)]
+
+
 def running_heartbeats(storage: optuna.storages.BaseStorage, sid: int) -> list[tuple[int, float | None]]:
     """(trial id, seconds since its last heartbeat, or None if it never beat) of every RUNNING trial.
 
     Ages are measured on the database's clock (the one that stamped the beats), so workers' clocks
-    may disagree. Empty for storages without heartbeats (the gRPC proxy).
+    may disagree. Empty for storages without a heartbeat table (the gRPC proxy).
     """
     backend = _rdb(storage)
     if backend is None:

@@ -24,13 +24,13 @@ from skiptune.errors import SkiptuneError
 from skiptune.objectives.spec import ObjectiveSpec
 from skiptune.search.algorithms import SEARCH_ALGORITHMS
 from skiptune.search.budget import fresh_trials, used_budget
-from skiptune.search.experiment.validation import ValidationSettings
 from skiptune.search.records import (
     BASELINE,
     BUDGET_ATTR,
     IDENTITY_ATTR,
     OBJECTIVE_ARGS_ATTR,
     ROLE_ATTR,
+    SAMPLER_SIGMAS_ATTR,
     SEARCH_ATTR,
     SEED_ATTR,
     VALIDATION_ATTR,
@@ -38,6 +38,7 @@ from skiptune.search.records import (
     WARM_START,
     study_id,
 )
+from skiptune.search.settings import ValidationSettings
 from skiptune.search.space import BASELINE_PARAMS, SearchSpace
 
 MAX_SEED = 2**31 - 1
@@ -64,6 +65,9 @@ class StudySpec:
     search: str = "tpe"
     validation: ValidationSettings | None = None  # None: the answer stays unvalidated (old studies)
     seed: int | None = None  # the search's seed: workers seed their samplers from it (None: not recorded)
+    # the noise levels the sampler evaluates the net at (``sampling.levels``; the window stage's
+    # candidates); None for studies created before it was stored: no window stage
+    sampler_sigmas: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
@@ -113,6 +117,8 @@ class StudySpec:
             attrs[VALIDATION_ATTR] = self.validation.to_dict()
         if self.seed is not None:
             attrs[SEED_ATTR] = self.seed
+        if self.sampler_sigmas is not None:
+            attrs[SAMPLER_SIGMAS_ATTR] = list(self.sampler_sigmas)
         return attrs
 
     @classmethod
@@ -137,6 +143,11 @@ class StudySpec:
                 else None
             ),
             seed=int(attrs[SEED_ATTR]) if isinstance(attrs.get(SEED_ATTR), int) else None,
+            sampler_sigmas=(
+                tuple(float(v) for v in attrs[SAMPLER_SIGMAS_ATTR])
+                if isinstance(attrs.get(SAMPLER_SIGMAS_ATTR), list)
+                else None
+            ),
         )
 
 
@@ -258,9 +269,9 @@ def _enqueue_warm_starts(
 
 
 def _family(spec: StudySpec) -> StudySpec:
-    """The spec with what neighbouring studies may differ in set aside: NFE, budget, search algorithm,
-    validation settings, seed."""
-    return replace(spec, nfe=1, n_trials=1, search="tpe", validation=None, seed=None)
+    """The spec with what neighbouring studies may differ in set aside: NFE (and its noise levels),
+    budget, search algorithm, validation settings, seed."""
+    return replace(spec, nfe=1, n_trials=1, search="tpe", validation=None, sampler_sigmas=None, seed=None)
 
 
 def _neighbours(storage: optuna.storages.BaseStorage, spec: StudySpec) -> list[StoredStudy]:

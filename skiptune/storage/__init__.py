@@ -7,6 +7,6 @@ optuna-dashboard read what skiptune writes.
 from __future__ import annotations
 
 from skiptune.storage.open import open_storage
-from skiptune.storage.url import mask_url, normalize_url
+from skiptune.storage.url import is_proxy_url, mask_url, normalize_url
 
-__all__ = ["mask_url", "normalize_url", "open_storage"]
+__all__ = ["is_proxy_url", "mask_url", "normalize_url", "open_storage"]

@@ -6,6 +6,7 @@ a few concurrent processes (WAL, busy timeout, write lock taken at BEGIN).
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ import sqlalchemy.exc
 from optuna.trial import FrozenTrial
 
 from skiptune.errors import SkiptuneError
-from skiptune.storage.url import mask_url, normalize_url
+from skiptune.storage.url import is_proxy_url, mask_url, normalize_url
 
 #: Seconds a SQLite connection waits for another process's write lock before failing.
 SQLITE_BUSY_TIMEOUT_S = 60.0
@@ -61,6 +62,8 @@ def open_storage(
     grace_period: int | None = None,
     stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
     read_only: bool = False,
+    wait: bool = True,
+    pool_size: int | None = None,
 ) -> optuna.storages.BaseStorage:
     """Open (and create the tables of) the storage at ``url``.
 
@@ -73,14 +76,8 @@ def open_storage(
     read; other backends are opened as usual.
     """
     url = normalize_url(url)
-    if url.startswith("grpc://"):
-        if heartbeat_interval is not None:
-            warnings.warn(
-                "the Optuna gRPC proxy does not forward heartbeats: trials of killed workers stay "
-                "RUNNING; connect workers to the database directly to get heartbeats",
-                stacklevel=2,
-            )
-        return _open_grpc(url)
+    if is_proxy_url(url):
+        return _open_grpc(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period, wait=wait)
     if url.startswith("sqlite") and read_only:
         return _open_sqlite_read_only(url)
     if url.startswith("sqlite"):
@@ -88,6 +85,8 @@ def open_storage(
         kwargs: dict[str, Any] = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     else:
         kwargs = {**POSTGRES_ENGINE_KWARGS, "connect_args": dict(POSTGRES_ENGINE_KWARGS["connect_args"])}
+        if pool_size is not None:
+            kwargs["pool_size"] = pool_size
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat arguments
@@ -104,12 +103,33 @@ def open_storage(
             "install it with: pip install 'skiptune[postgres]'"
         ) from None
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+        if not wait and _unreachable(url, exc):
+            raise
         raise SkiptuneError(
             f"cannot open storage {mask_url(url)!r}: {_first_line(exc)}; {_advice(url)}"
         ) from None
     if url.startswith("sqlite"):
         _configure_sqlite(storage.engine)
     return storage
+
+
+#: What the server says when it refuses for good at connection time (psycopg gives no SQLSTATE then).
+_REFUSALS = (
+    "password authentication failed", "does not exist", "no pg_hba.conf entry", "failed to resolve host",
+    "could not translate host name", "sslmode", "certificate",
+)  # fmt: skip
+
+
+def _unreachable(url: str, exc: BaseException) -> bool:
+    """Whether an error while opening means "not reachable now" (refused, restarting, cut off, SQLite
+    busy) rather than a refusal of this user, database, host name or file, which waiting cannot cure."""
+    message = _first_line(exc).lower()
+    if url.startswith("sqlite"):
+        return "database is locked" in message
+    if any(w in message for w in _REFUSALS):
+        return False
+    cause = getattr(exc, "orig", None) or exc.__cause__ or exc
+    return isinstance(exc, sqlalchemy.exc.OperationalError) or "OperationalError" in type(cause).__name__
 
 
 def _advice(url: str) -> str:
@@ -202,24 +222,59 @@ def _configure_sqlite(engine: sqlalchemy.engine.Engine) -> None:
     engine.dispose()
 
 
-def _open_grpc(url: str) -> optuna.storages.BaseStorage:
+def _open_grpc(
+    url: str, *, heartbeat_interval: int | None, grace_period: int | None, wait: bool
+) -> optuna.storages.BaseStorage:
     try:
-        import grpc  # noqa: F401
+        import grpc
     except ImportError:
         raise SkiptuneError(
             f"cannot open {url!r}: grpcio is not installed; install it with: pip install 'skiptune[grpc]'"
         ) from None
+    from skiptune.storage.proxy_client import CA_ENV, TOKEN_ENV, FleetProxy
+
     parsed = sqlalchemy.engine.make_url(url)
     if not parsed.host or not parsed.port:
-        raise SkiptuneError(f"bad gRPC storage URL {url!r}: expected grpc://HOST:PORT, e.g. grpc://db:13000")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # else printed by every verb
-        proxy = optuna.storages.GrpcStorageProxy(host=parsed.host, port=parsed.port)
-    try:
-        proxy.wait_server_ready(timeout=GRPC_CONNECT_TIMEOUT_S)
-    except Exception as exc:  # grpc raises its own FutureTimeoutError / RpcError
         raise SkiptuneError(
-            f"cannot reach the gRPC storage proxy at {url!r} ({type(exc).__name__}); start it with: "
-            f"skiptune proxy --storage DB_URL --host 0.0.0.0 --port {parsed.port}"
+            f"bad gRPC storage URL {url!r}: expected grpc://HOST:PORT (plain text, loopback) or "
+            "grpcs://HOST:PORT (TLS), e.g. grpcs://proxy-host:13000"
+        )
+    tls = url.startswith("grpcs://")
+    proxy = FleetProxy(
+        host=parsed.host, port=parsed.port, tls=tls,
+        heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+    )  # fmt: skip
+    try:
+        proxy.wait_server_ready(timeout=GRPC_CONNECT_TIMEOUT_S if wait else 1.0)
+    except grpc.RpcError as exc:
+        proxy.close()  # a worker tries again with a new channel: this one must not linger
+        code = exc.code()
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            have = (
+                f"${TOKEN_ENV} is set but is not the proxy's token"
+                if os.environ.get(TOKEN_ENV)
+                else (f"${TOKEN_ENV} is not set")
+            )
+            raise SkiptuneError(
+                f"the gRPC storage proxy at {url!r} refused this process: {have}; set {TOKEN_ENV} to the "
+                "token the proxy was started with"
+            ) from None
+        if not wait and code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise
+        raise SkiptuneError(
+            f"cannot reach the gRPC storage proxy at {url!r} ({code.name}: {exc.details()}); "
+            + _grpc_advice(tls, parsed.port, CA_ENV)
         ) from None
     return proxy
+
+
+def _grpc_advice(tls: bool, port: int, ca_env: str) -> str:
+    if tls:
+        return (
+            f"check that the proxy runs with --tls-cert/--tls-key, that ${ca_env} names the CA that "
+            "signed its certificate, and that the host name matches the certificate"
+        )
+    return (
+        f"start it with: skiptune proxy --storage DB_URL --port {port}; a proxy with TLS "
+        "(--tls-cert) is reached as grpcs://HOST:PORT"
+    )

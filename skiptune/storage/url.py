@@ -8,9 +8,12 @@ import sqlalchemy.exc
 from skiptune.errors import SkiptuneError
 
 #: URL schemes skiptune accepts (the driver part after ``+`` is checked separately).
-SCHEMES = ("sqlite", "postgresql", "grpc")
+SCHEMES = ("sqlite", "postgresql", "grpc", "grpcs")  # grpcs: the proxy over TLS
 
-_EXAMPLES = "sqlite:///skiptune.db, postgresql+psycopg://user:password@host:5432/dbname, grpc://host:13000"
+_EXAMPLES = (
+    "sqlite:///skiptune.db, postgresql+psycopg://user:password@host:5432/dbname, grpc://127.0.0.1:13000, "
+    "grpcs://proxy-host:13000"
+)
 
 
 def mask_url(url: str) -> str:
@@ -43,6 +46,11 @@ def normalize_url(url: str) -> str:
     if backend == "sqlite" and driver:
         raise SkiptuneError(f"unsupported SQLite driver {driver!r} in {mask_url(url)!r}: use sqlite:///PATH")
     return url
+
+
+def is_proxy_url(url: str) -> bool:
+    """Whether ``url`` names a ``skiptune proxy`` (plain-text ``grpc://`` or TLS ``grpcs://``)."""
+    return url.startswith(("grpc://", "grpcs://"))
 
 
 def _check_port(url: str) -> None:

@@ -3,6 +3,10 @@
 A fixed box can hide the optimum (on the demo model, Heun NFE 5's best pair lies near (0.3, 0.4)).
 When the validated best lies within ``edge`` x width of a side that is not a hard limit, that side moves
 out by half the box's width (clamped to the hard limits), and a bounded extra search runs in the grown box.
+
+The other way round, a refinement (``refine_space``) searches a small box around the answer once more:
+a single TPE run can stop short of a real optimum (docs/results.md: two runs of the same study answered
++2.1% and no-gain), most easily next to (1, 1), which a no-gain answer refines around.
 """
 
 from __future__ import annotations
@@ -39,3 +43,14 @@ def grown_space(space: SearchSpace, best: dict[str, float], *, edge: float) -> S
     if all(boxes[n] == getattr(space, n) for n in boxes):
         return None
     return replace(space, rho_bottom=boxes["rho_bottom"], rho_top=boxes["rho_top"])
+
+
+def refine_space(box: SearchSpace, center: dict[str, float], *, radius: float) -> SearchSpace:
+    """A box of half-width ``radius`` x ``box``'s width around ``center`` (clamped to the hard limits)."""
+    sides = {}
+    for name in ("rho_bottom", "rho_top"):
+        lo, hi = getattr(box, name)
+        half = radius * (hi - lo)
+        value = float(center[name])
+        sides[name] = (max(RHO_HARD_LIMITS[0], value - half), min(RHO_HARD_LIMITS[1], value + half))
+    return replace(box, rho_bottom=sides["rho_bottom"], rho_top=sides["rho_top"])

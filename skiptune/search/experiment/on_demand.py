@@ -9,7 +9,7 @@ import optuna
 from skiptune.errors import SkiptuneError
 from skiptune.search import records as rec
 from skiptune.search.experiment.state import create_round, load_experiment, pending_candidates
-from skiptune.search.experiment.validation import ValidationSettings
+from skiptune.search.settings import ValidationSettings
 from skiptune.search.study import StoredStudy
 
 
@@ -24,7 +24,7 @@ def request_validation(
     """Write the settings (refusing a change once a round exists), then enqueue the pending candidates."""
     wanted.check_disjoint(search_seeds(study)[0], search_seeds(study)[1])
     exp = load_experiment(storage, study)
-    if exp.settings is not None and exp.rounds and exp.settings != wanted:
+    if exp.settings is not None and exp.rounds and _fixed(exp.settings) != _fixed(wanted):
         raise SkiptuneError(
             f"study {study.name!r} was validated with {exp.settings.to_dict()}; held-out results must be "
             "paired on the same seeds, so these settings are fixed: repeat the command without "
@@ -42,3 +42,10 @@ def request_validation(
         "settings": exp.settings.to_dict() if exp.settings else None,
         "status": load_experiment(storage, study).status(),
     }
+
+
+def _fixed(settings: ValidationSettings) -> dict[str, Any]:
+    """The settings a round fixes; the later stages' (calibration, window, refinement) keep the stored
+    values (a study validated before they existed keeps its behaviour)."""
+    later = ("calibration", "window_trials", "window_candidates", "refine_trials", "refine_radius")
+    return {k: v for k, v in settings.to_dict().items() if k not in later}

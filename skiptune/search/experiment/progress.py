@@ -53,8 +53,8 @@ def stages(exp: Experiment, *, now: datetime | None = None) -> list[StageProgres
     now = now or datetime.now()
     spec = exp.main.spec
     out = []
-    for phase in exp.phases:
-        kind = SEARCH_STAGE if phase.index == 0 else _kind(exp, phase.name)
+    for phase in [*exp.phases, *exp.windows]:
+        kind = SEARCH_STAGE if phase.name == exp.main.name else phase.kind
         counting = [t for t in phase.trials if counts_against_budget(t)]
         out.append(_stage(kind, exp, counting, phase.budget, spec.objective.n_samples, now, by=place))
     n_holdout = exp.settings.n_samples if exp.settings is not None else 0

@@ -1,4 +1,4 @@
-"""Held-out validation: settings, the paired gain over the baseline with its standard error, the decision.
+"""Held-out validation: the paired gain over the baseline with its standard error, and the decision.
 
 The minimum of noisy trials on the search's own seeds is biased low (the winner's curse), so the answer a
 study gives is decided on a held-out block of seeds that no search trial used. The top-K distinct
@@ -15,81 +15,32 @@ on all blocks and ``theta_b`` the gain with block b left out (both sides without
 calibration on the demo model is measured in docs/results.md.
 
 Decision. The recommendation is the validated candidate with the best (lowest) held-out distance if its
-gain over the baseline exceeds ``threshold`` standard errors (default 2); otherwise the untouched network
+gain over the baseline exceeds the critical value in standard errors; otherwise the untouched network
 (1, 1), with status ``no-gain``. Equal held-out distances go to the larger z, then to the pair nearest
-(1, 1) (the smaller intervention).
+(1, 1) (the smaller intervention). Windowed candidates (the window stage, ``experiment.window``) are decided
+among themselves by the same rule, and a windowed answer replaces the full-range one only if its paired
+gain over the full-range answer, on the same blocks, also exceeds the critical value (``prefer_window``).
+
+Calibration (settings: ``skiptune.search.settings``). ``threshold`` (default 2) is a number of standard
+errors *as if normal*. With B blocks the jackknife s.e. has B - 1 degrees of freedom, so the gain / s.e.
+ratio is t-distributed, heavier-tailed than a normal: a fixed 2 covered ~88-92% (docs/results.md).
+Studies created now use ``calibration="t"``: the critical value is the Student-t quantile with B - 1
+degrees of freedom at the normal's one-sided level for ``threshold`` (2 -> 97.7%: 2.32 for 10 blocks,
+2.14 for 20, 3.31 for 4). Studies stored before this record no calibration and keep the fixed
+``threshold`` (``"normal"``), so their answers do not move.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
 from skiptune.errors import SkiptuneError
-from skiptune.objectives.holdout import BlockDistances, block_bounds
-from skiptune.seeds import check_seed_range
+from skiptune.objectives.holdout import BlockDistances
 
-#: Held-out seeds start this far above the search's seed base: disjoint from any search block below 1e9.
-HOLDOUT_OFFSET = 1_000_000_000
 VALIDATED = "validated"
 NO_GAIN = "no-gain"
-
-
-@dataclass(frozen=True)
-class ValidationSettings:
-    """How a study validates its candidates (stored with the study; fixed once a round has run)."""
-
-    n_samples: int  # held-out samples per candidate (default: 2x the search's n_samples)
-    seed_base: int  # first held-out seed (default: the search's seed base + HOLDOUT_OFFSET)
-    top_k: int = 3
-    blocks: int = 10
-    threshold: float = 2.0  # standard errors a gain must exceed
-    growth_budget: int = 10  # extra search trials, all box growths together (0: never grow)
-    edge: float = 0.05  # "at the edge": within this fraction of the box's width
-
-    def __post_init__(self) -> None:
-        block_bounds(self.n_samples, self.blocks)  # a clear error for too few samples per block
-        checks = [
-            (self.top_k >= 1, f"top-k {self.top_k}", "a positive integer, e.g. 3"),
-            (self.seed_base >= 0, f"held-out seed base {self.seed_base}", "a non-negative integer"),
-            (self.threshold > 0, f"threshold {self.threshold}", "a positive number of s.e., e.g. 2"),
-            (self.growth_budget >= 0, f"growth budget {self.growth_budget}", "an integer >= 0 (0: off)"),
-            (0 <= self.edge < 0.5, f"edge fraction {self.edge}", "a fraction in [0, 0.5), e.g. 0.05"),
-        ]
-        for ok, what, expected in checks:
-            if not ok:
-                raise SkiptuneError(f"bad validation {what}: expected {expected}")
-        check_seed_range(self.seed_base, self.n_samples, "held-out seed base", "--validate-seed-base")
-
-    def check_disjoint(self, search_seed_base: int, search_samples: int) -> None:
-        """Refuse held-out seeds that overlap the search's seeds (they would not be held out)."""
-        lo, hi = self.seed_base, self.seed_base + self.n_samples
-        if lo < search_seed_base + search_samples and search_seed_base < hi:
-            raise SkiptuneError(
-                f"held-out seeds {lo}-{hi - 1} overlap the search's seeds {search_seed_base}-"
-                f"{search_seed_base + search_samples - 1}; choose a --validate-seed-base outside them"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ValidationSettings:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-
-    @classmethod
-    def default_for(
-        cls, *, search_samples: int, search_seed_base: int, n_trials: int, **changes: Any
-    ) -> ValidationSettings:
-        """Defaults for a search of ``n_trials`` x ``search_samples``; non-None ``changes`` win."""
-        base = dict(
-            n_samples=2 * search_samples,
-            seed_base=search_seed_base + HOLDOUT_OFFSET,
-            growth_budget=math.ceil(n_trials / 3),
-        )
-        return cls(**{**base, **{k: v for k, v in changes.items() if v is not None}})
 
 
 @dataclass(frozen=True)
@@ -146,8 +97,11 @@ def compare(params: dict[str, float], candidate: BlockDistances, baseline: Block
 class Decision:
     status: str  # VALIDATED or NO_GAIN
     params: dict[str, float]  # the recommendation ((1, 1) for no-gain)
-    best: Comparison  # the best validated candidate, significant or not
+    best: Comparison  # the recommended candidate (the best validated one, significant or not)
     comparisons: tuple[Comparison, ...]
+    full_range: Comparison | None = None  # with windowed candidates: the best full-range one
+    window: Comparison | None = None  # with windowed candidates: the best windowed one
+    versus_full: Comparison | None = None  # that window against the full-range answer (gain > 0: better)
 
 
 def _distance_to_identity(params: dict[str, float]) -> float:
@@ -169,3 +123,30 @@ def decide(
     significant = best.gain > 0 and best.gain > threshold * best.gain_se
     params = best.params if significant else dict(baseline_params)
     return Decision(VALIDATED if significant else NO_GAIN, params, best, comparisons)
+
+
+def prefer_window(
+    full: Decision,
+    full_answer: BlockDistances,
+    baseline_params: dict[str, float],
+    baseline: BlockDistances,
+    windowed: Sequence[tuple[dict[str, float], BlockDistances]],
+    *,
+    threshold: float,
+) -> Decision:
+    """The answer among the full-range decision ``full`` and ``windowed`` candidates (the same pair in a
+    sigma window), on the same held-out blocks. ``full_answer``: the held-out distances of ``full.params``
+    (the baseline's for no-gain). The best windowed candidate replaces the full-range answer only if it
+    beats the baseline by ``threshold`` s.e. (``decide``) *and* the full-range answer by ``threshold`` s.e.
+    of their paired difference; otherwise the full-range answer stands, with the window's evidence."""
+    if not windowed:
+        return full
+    inner = decide(baseline_params, baseline, windowed, threshold=threshold)
+    blocks = next(d for p, d in windowed if p == inner.best.params)
+    versus = compare(inner.best.params, blocks, full_answer)
+    wins = inner.status == VALIDATED and versus.gain > 0 and versus.gain > threshold * versus.gain_se
+    if not wins:
+        return replace(full, comparisons=full.comparisons + inner.comparisons, full_range=full.best,
+                       window=inner.best, versus_full=versus)  # fmt: skip
+    return Decision(VALIDATED, inner.params, inner.best, full.comparisons + inner.comparisons,
+                    full_range=full.best, window=inner.best, versus_full=versus)  # fmt: skip

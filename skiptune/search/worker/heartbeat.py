@@ -18,7 +18,8 @@ from types import TracebackType
 from optuna.storages import BaseStorage
 
 from skiptune.search.records import reset_session
-from skiptune.search.worker.resilience import StorageGuard, classify
+from skiptune.search.worker.resilience import StorageGuard
+from skiptune.storage.failures import classify
 
 _log = logging.getLogger(__name__)
 

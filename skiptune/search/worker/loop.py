@@ -40,19 +40,20 @@ from skiptune.search.experiment.state import (
     load_experiment,
     param_key,
 )
-from skiptune.search.experiment.validation import ValidationSettings
 from skiptune.search.lineage import MAX_RETRIES, Held
 from skiptune.search.pruning import RungPruner
 from skiptune.search.records import fixed_params, read_many, reset_session
+from skiptune.search.settings import ValidationSettings
 from skiptune.search.study import StoredStudy, StudySpec, canonical, find_studies
 from skiptune.search.worker.heartbeat import heartbeat_interval
 from skiptune.search.worker.precision import check_precision
-from skiptune.search.worker.resilience import DEFAULT_DB_TIMEOUT_S, StorageGuard, first_line
+from skiptune.search.worker.resilience import DEFAULT_DB_TIMEOUT_S, StorageGuard
 from skiptune.search.worker.stale import StaleSweep
 from skiptune.search.worker.stopping import StopSignal
 from skiptune.search.worker.trial_run import Objective, TrialOutcome, run_one_trial
 from skiptune.search.worker.validation_run import run_validation_job
 from skiptune.storage import open_storage
+from skiptune.storage.failures import first_line
 
 _log = logging.getLogger(__name__)
 
@@ -103,14 +104,19 @@ def run_worker(
 
     ``precision="auto"`` runs the fast path on CUDA (bf16 + channels_last + torch.compile, see
     ``skiptune.nets.fast``) and plain fp32 elsewhere; ``"fp32"`` forces the plain network.
-    ``db_timeout``: seconds to wait for an unreachable database before giving up.
+    ``db_timeout``: seconds to wait for an unreachable database (or gRPC proxy) before giving up,
+    from the start on.
     ``seed``: this worker's seed (``seed + worker_index``; None: from the clock); with the study's
     recorded seed it seeds the sampler of each study, so one worker with a seed repeats its proposals.
     """
     started = time.monotonic()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(storage_url, heartbeat_interval=heartbeat, grace_period=grace)
-    guard = StorageGuard(db_timeout, reset=lambda: reset_session(storage))
+    guard = StorageGuard(db_timeout)
+    # A worker started while its database (or proxy) is down waits for it as a running one does.
+    storage = guard.call(
+        lambda: open_storage(storage_url, heartbeat_interval=heartbeat, grace_period=grace, wait=False)
+    )
+    guard.reset = lambda: reset_session(storage)
     dev = resolve_device(device)
     from skiptune.nets.registry import load_model  # heavy import, after the cheap checks
 
@@ -287,10 +293,11 @@ class Unit:
     waiting: bool = True  # the study held a WAITING trial when chosen (a re-run copy to take first)
     done: int = 0  # when chosen: search trials / jobs finished
     total: int = 0  # the phase's budget / the round's jobs
+    stage: str = "search"  # for the log: search, or the companion's kind (grow, refine, window)
 
     def describe(self) -> str:
         """What the worker starts, for its log line: ``starting a search trial (3 of 8 finished)``."""
-        what = "validation job" if self.kind == "validate" else "search trial"
+        what = "validation job" if self.kind == "validate" else f"{self.stage} trial"
         return f"starting a {what} ({self.done} of {self.total} finished)"
 
 
@@ -339,14 +346,15 @@ class _Loop:
         """(search units with their used fraction, validation units with waiting jobs, running trials)."""
         search, validate, running = [], [], 0
         main = exp.main
-        for phase in exp.phases:
+        for phase in [*exp.phases, *exp.windows]:  # a window screen: enqueued search-seed trials
             spec = replace(main.spec, space=phase.space, n_trials=phase.budget)
             unit = Unit("search", main, phase.name, spec)
             failed = self.sweep.sweep(self.study(unit)) if self.sweep else 0
             trials = fresh_trials(self.storage, phase.study_id) if failed else phase.trials
             used = used_budget(trials)
             waiting = any(t.state == TrialState.WAITING for t in trials)
-            unit = replace(unit, waiting=waiting, done=_finished(trials), total=phase.budget)
+            stage = "search" if phase.name == main.name else phase.kind
+            unit = replace(unit, waiting=waiting, done=_finished(trials), total=phase.budget, stage=stage)
             running += sum(t.state == TrialState.RUNNING for t in trials)
             if used < phase.budget or waiting:
                 search.append((used / phase.budget, unit))

@@ -22,6 +22,8 @@ from skiptune.objectives.reference import load_reference
 from skiptune.objectives.spec import ObjectiveSpec
 from skiptune.plugins import REFERENCES
 from skiptune.sampling import SAMPLERS
+from skiptune.sampling.conditions import Conditioning, check_conditioning
+from skiptune.sampling.levels import evaluated_sigmas
 from skiptune.search.space import SearchSpace
 from skiptune.search.study import StudySpec
 
@@ -40,8 +42,11 @@ def study_specs(
     space: SearchSpace | None = None,
     n_trials: int = 30,
     search: str = "tpe",
+    conditioning: Conditioning | None = None,
 ) -> list[StudySpec]:
-    """One spec per NFE; builds each objective once (on the CPU) to validate it."""
+    """One spec per NFE; builds each objective once (on the CPU) to validate it. ``conditioning``: the
+    prompts and guidance of a text-conditional model (refused for any other)."""
+    check_conditioning(loaded.net, conditioning)
     if space is not None and space.sigma_window is not None and not supports_sigma_window(loaded.net):
         raise SkiptuneError(
             f"model {loaded.name!r} ({type(loaded.net).__name__}) cannot restrict Skip-Tuning to a sigma "
@@ -62,6 +67,7 @@ def study_specs(
         n_samples=n_samples,
         rungs=rungs,
         seed_base=seed_base,
+        conditioning=conditioning,
     )
     specs = []
     for nfe in nfes:  # built to validate NFE, settings and image sizes up front, then dropped
@@ -71,6 +77,7 @@ def study_specs(
         )  # fmt: skip
         specs.append(
             StudySpec(
+                sampler_sigmas=tuple(evaluated_sigmas(loaded.net, sampler, nfe)),
                 model=loaded.name,
                 model_fingerprint=loaded.fingerprint,
                 sampler=sampler,

@@ -1,11 +1,12 @@
 """The worker's storage boundary: ride out a database outage, turn every other storage failure into one line.
 
-Optuna, SQLAlchemy and the drivers raise many exception types for one cause. :func:`classify` sorts
-them: a *transient* failure (the server is down or restarting, a connection was cut, a lock or
-statement timed out, SQLite is busy) is retried with exponential backoff for up to ``--db-timeout``
-seconds, saying so in one log line; a *permanent* one (disk full, read-only database, not a database,
-schema errors) is reported at once. Either way the user sees one line naming the cause and what to
-do (:class:`StorageUnavailable`, a ``SkiptuneError``: exit code 2), never a driver traceback.
+Optuna, SQLAlchemy and the drivers raise many exception types for one cause.
+``skiptune.storage.failures.classify`` sorts them: a *transient* failure (the server is down or
+restarting, a connection was cut, a lock or statement timed out, SQLite is busy) is retried with
+exponential backoff for up to ``--db-timeout`` seconds, saying so in one log line; a *permanent* one
+(disk full, read-only database, not a database, schema errors) is reported at once. Either way the user
+sees one line naming the cause and what to do (:class:`StorageUnavailable`, a ``SkiptuneError``: exit
+code 2), never a driver traceback.
 
 The guard also remembers when the storage last came back (the heartbeat thread reports its failed
 beats here too): for one grace period after an outage no worker could beat, so the stale sweep
@@ -14,18 +15,21 @@ waits before it judges anyone dead (``stale.py``).
 
 from __future__ import annotations
 
-import errno
 import logging
 import random
-import re
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
-import optuna
-import sqlalchemy.exc
-
 from skiptune.errors import SkiptuneError
+from skiptune.storage.failures import (
+    PERMANENT,
+    PERMANENT_WORDS,
+    classify,
+    first_line,
+    is_rpc_error,
+    rpc_details,
+)
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -34,76 +38,19 @@ T = TypeVar("T")
 DEFAULT_DB_TIMEOUT_S = 300.0
 FIRST_WAIT_S, MAX_WAIT_S = 0.5, 5.0
 
-TRANSIENT, PERMANENT = "transient", "permanent"
-# SQLSTATEs: connection exceptions, shutdown/starting up, lock/statement/idle timeouts, deadlocks.
-_TRANSIENT_SQLSTATES = ("08", "57P", "40001", "40P01", "55P03", "57014", "25P03", "53300")
-_PERMANENT_WORDS = (
-    "disk is full", "no space left", "could not extend file", "readonly database", "read-only",
-    "file is not a database", "unable to open database file",
-)  # fmt: skip
-_TRANSIENT_WORDS = (
-    "rolled back",
-    "database is locked",
-    "connection",
-    "server closed",
-    "terminating",
-    "timeout",
-    "shutting down",
-)
-
-
-_BACKGROUND = re.compile(r"\s*\(Background on this error at: [^)]*\)")
-
-
 class StorageUnavailable(SkiptuneError):
     """The storage failed for good (gone past the timeout, or a permanent failure): one line, exit 2."""
 
 
-def first_line(exc: BaseException) -> str:
-    """The driver's own message, first line only (SQLAlchemy appends a background-link paragraph)."""
-    seen: BaseException = exc
-    while True:
-        inner = getattr(seen, "orig", None) or seen.__cause__
-        if inner is None or inner is seen:
-            break
-        seen = inner
-    text = _BACKGROUND.sub("", str(seen)).strip().splitlines()
-    return text[0].strip() if text else type(seen).__name__
-
-
-def classify(exc: BaseException) -> str | None:
-    """TRANSIENT, PERMANENT, or None when ``exc`` is no storage failure at all."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
-        return PERMANENT
-    storage_types = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
-    if not isinstance(exc, storage_types):
-        return None
-    link: BaseException | None = exc
-    while link is not None:
-        if isinstance(link, sqlalchemy.exc.PendingRollbackError):
-            return TRANSIENT  # a session left dirty by a cut connection: the guard resets it
-        link = link.__cause__
-    cause: BaseException = exc
-    while not isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.__cause__ is not None:
-        cause = cause.__cause__
-    message = first_line(exc).lower()
-    if any(w in message for w in _PERMANENT_WORDS):
-        return PERMANENT
-    sqlstate = str(getattr(getattr(cause, "orig", None), "sqlstate", "") or "")
-    if sqlstate and sqlstate.startswith(_TRANSIENT_SQLSTATES):
-        return TRANSIENT
-    if isinstance(cause, sqlalchemy.exc.DBAPIError) and cause.connection_invalidated:
-        return TRANSIENT
-    if isinstance(cause, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-        return TRANSIENT
-    if isinstance(cause, (sqlalchemy.exc.TimeoutError, sqlalchemy.exc.DisconnectionError)):
-        return TRANSIENT
-    return TRANSIENT if any(w in message for w in _TRANSIENT_WORDS) else PERMANENT
-
-
 def permanent_failure(exc: BaseException) -> StorageUnavailable:
+    if is_rpc_error(exc):
+        return StorageUnavailable(
+            f"the gRPC storage proxy refused a call ({getattr(exc.code(), 'name', '?')}: "  # type: ignore[attr-defined]
+            f"{rpc_details(exc)}); check the proxy's log, its token (SKIPTUNE_PROXY_TOKEN) and TLS "
+            "settings, then start the worker again"
+        )
     reason = first_line(exc)
-    if any(w in reason.lower() for w in _PERMANENT_WORDS):
+    if any(w in reason.lower() for w in PERMANENT_WORDS):
         return StorageUnavailable(
             f"the database refused a write ({reason}); free disk space or make the database "
             "writable (or point --storage elsewhere), then start the worker again"
@@ -126,7 +73,7 @@ class StorageGuard:
     ):
         """``reset``: drop this thread's database session (a cut connection leaves it unusable)."""
         self.timeout_s = timeout_s
-        self._reset = reset
+        self.reset = reset
         self._sleep = sleep
         self._down_since: float | None = None
         self._back_at = -float("inf")
@@ -157,7 +104,7 @@ class StorageGuard:
         if kind == PERMANENT:
             raise permanent_failure(exc) from None
         down = self.note_failure(exc)
-        self._reset()
+        self.reset()
         if time.monotonic() - down > self.timeout_s:
             raise StorageUnavailable(
                 f"the database stayed unreachable for {self.timeout_s:g} s ({first_line(exc)}); check that "

@@ -3,8 +3,12 @@
 A RUNNING trial is stale when its last heartbeat is older than the grace period (database clock),
 or when it never beat and this process has seen it so for longer than the grace period (a worker
 that died between creating or taking a trial and its first beat; Optuna's own sweep skips those,
-so they would stay RUNNING forever and the fleet would wait for them). Each stale trial is re-run
-through ``lineage.rerun_stale``: claim, copy, then fail, the copy keeping the original's budget place.
+so they would stay RUNNING forever and the fleet would wait for them). Behind the gRPC proxy, which
+carries no heartbeat table, a beat is a counter in a trial attribute (``storage/proxy_client.py``):
+a trial is stale when this process has seen its counter unchanged for longer than the grace
+period, measured on this process's monotonic clock only (no clock is compared with another).
+Each stale trial is re-run through ``lineage.rerun_stale``: claim, copy, then fail, the copy keeping
+the original's budget place.
 
 Right after a database outage nobody could beat, so a worker sweeps only once the storage has
 answered it for a whole grace period (``StorageGuard.quiet_for``): live workers beat again first.
@@ -29,7 +33,8 @@ class StaleSweep:
         self._guard = guard
         self._every = every or 0.0  # at most one sweep of a study per heartbeat interval
         self._last: dict[int, float] = {}  # study id -> when this process last swept it
-        self._unbeaten_since: dict[int, float] = {}  # trial id -> when this process first saw it beatless
+        # trial id -> (its beat mark, when this process first saw that mark): "unchanged since"
+        self._seen: dict[int, tuple[object, float]] = {}
 
     def sweep(self, study: optuna.Study) -> int:
         """Fail (and re-run) the stale RUNNING trials of ``study``; how many were failed here."""
@@ -41,11 +46,14 @@ class StaleSweep:
             return 0  # a trial turns stale only after the grace period: once per interval finds it in time
         self._last[rec.study_id(study)] = now
         failed = 0
-        for tid, age in rec.running_heartbeats(storage, rec.study_id(study)):
-            if age is None:
-                stale = now - self._unbeaten_since.setdefault(tid, now) > self.grace
+        for tid, age, mark in rec.running_liveness(storage, rec.study_id(study)):
+            if age is None:  # never beat (mark None), or a beat counter behind the proxy
+                seen = self._seen.get(tid)
+                if seen is None or seen[0] != mark:
+                    seen = self._seen[tid] = (mark, now)
+                stale = now - seen[1] > self.grace
             else:
-                self._unbeaten_since.pop(tid, None)
+                self._seen.pop(tid, None)
                 stale = age > self.grace
             if stale:
                 failed += lineage.rerun_stale(study, storage.get_trial(tid), grace=self.grace)

@@ -19,7 +19,7 @@ from skiptune.errors import EvaluationError
 from skiptune.search import lineage
 from skiptune.search import records as rec
 from skiptune.search.experiment.state import job_distribution
-from skiptune.search.experiment.validation import ValidationSettings
+from skiptune.search.settings import ValidationSettings
 from skiptune.search.space import schedule_from_params
 from skiptune.search.worker.resilience import StorageGuard
 from skiptune.search.worker.stopping import StopSignal, WorkerStopped

@@ -1,0 +1,1 @@
+"""Latent and text-conditional pipelines (Stable Diffusion folders, EDM2 latents) as EDM-style denoisers."""
