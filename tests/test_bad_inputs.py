@@ -503,6 +503,17 @@ def test_worker_max_trials_must_be_positive(
     _refused(capsys, [*argv, "--storage", f"sqlite:///{files.db}"], f"--max-trials {count}", "positive")
 
 
+def test_worker_seed_must_be_in_range(files: Files, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["worker", "--model", str(files.assets.model), "--device", "cpu", "--seed", "-1"]
+    _refused(capsys, [*argv, "--storage", f"sqlite:///{files.db}"], "--seed -1", "0..")
+
+
+def test_study_seed_must_be_in_range(files: Files, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = files.assets.study_args(nfes="2", trials=2, storage=f"sqlite:///{files.root / 'seed.db'}")
+    _refused(capsys, [*argv, "--seed", "-1"], "bad seed -1")
+    assert not (files.root / "seed.db").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_worker_devices_without_cuda_subprocess(files: Files) -> None:
     result = _cli(
@@ -538,6 +549,7 @@ def test_demo_checks_its_numbers_before_running(files: Files, capsys: pytest.Cap
     out = files.root / "demo-out"
     _refused(capsys, ["demo", "--n-samples", "0", "--out", str(out)], "--n-samples 0")
     _refused(capsys, ["demo", "--rungs", "9,1", "--out", str(out)], "rungs")
+    _refused(capsys, ["demo", "--seed", "-1", "--out", str(out)], "--seed -1")
     assert not out.exists()
 
 

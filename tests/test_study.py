@@ -97,6 +97,21 @@ def test_create_is_idempotent_and_enqueues_the_baseline_once(storage_url: str) -
     assert find_studies(storage, model="other") == []
 
 
+def test_the_seed_is_recorded_kept_and_changed_like_the_budget(storage_url: str) -> None:
+    storage = open_storage(storage_url)
+    (first,) = create_studies(storage, [make_spec(5, seed=7)])
+    (kept,) = create_studies(storage, [make_spec(5)])  # no seed given: the recorded one stays
+    (drawn,) = create_studies(storage, [make_spec(9)])  # a new study without a seed draws one
+    (drawn_again,) = create_studies(storage, [make_spec(9)])
+    (changed,) = create_studies(storage, [make_spec(5, seed=8)])
+    assert (first.seed, kept.seed, changed.seed) == (7, 7, 8)
+    assert drawn.seed is not None and drawn_again.seed == drawn.seed
+    assert [s.spec.seed for s in find_studies(storage, model="tiny")] == [8, drawn.seed]
+    assert make_spec(5, seed=1).name == make_spec(5).name  # not part of the identity
+    with pytest.raises(SkiptuneError, match="bad seed -1"):
+        make_spec(seed=-1)
+
+
 def test_warm_start_from_nearest_nfes_of_the_same_objective(storage_url: str) -> None:
     storage = open_storage(storage_url)
     create_studies(storage, [make_spec(3), make_spec(5), make_spec(19)])

@@ -96,6 +96,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="trial budget per study, all workers together (default: %(default)s)",
     )
     create.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="the search's seed, recorded with the study; workers seed their samplers from it and their "
+        "own --seed (default: the study's recorded seed, or a random one for a new study)",
+    )
+    create.add_argument(
         "--search",
         default="tpe",
         choices=SEARCH_ALGORITHMS.names(),
@@ -178,6 +185,7 @@ def _create(args: argparse.Namespace) -> int:
         search=args.search,
         conditioning=conditioning,
     )
+    specs = [replace(s, seed=args.seed) for s in specs]  # validates the seed
     validation = None if args.no_validate else validation_settings(args, n_trials=args.trials)
     if validation is not None:
         validation.check_disjoint(args.seed_base, args.n_samples)
@@ -189,7 +197,7 @@ def _create(args: argparse.Namespace) -> int:
     for r in results:
         state = "created" if r.created else "exists "
         extra = f", enqueued {len(r.enqueued)}" if r.enqueued else ""
-        print(f"{state} {r.name}  (budget {r.n_trials}{extra})")
+        print(f"{state} {r.name}  (budget {r.n_trials}, seed {r.seed}{extra})")
     return 0
 
 

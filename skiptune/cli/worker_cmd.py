@@ -18,10 +18,18 @@ workers on any number of machines may share one --storage. A killed worker's tri
 --grace seconds without heartbeat and re-run by another worker. SIGINT/SIGTERM: the current trial
 is given back (re-enqueued) and the worker exits 0. When the database goes away the worker retries
 for up to --db-timeout seconds (its trial, if cut off, is given back), then exits 2 with one line.
+Each unit of work is logged as it starts and ends (study, search trial or validation job, its place in
+the budget, value, seconds, the worker's elapsed time), and each rung as it is reached.
+
+Reproducible: a study's sampler is seeded from the study's seed (`study create --seed`) and --seed. One
+worker with a --seed on its studies repeats its proposals, values and answer exactly; several workers
+on one study each evaluate a given pair to the same value (common seeds), but which pairs get
+proposed depends on the order they finish in.
 
 examples:
   skiptune worker --model demo                               # all NFEs, auto device
   skiptune worker --model demo --nfe 5,9 --device cuda:1 --batch-size 512
+  skiptune worker --model demo --seed 0        # alone on its studies: repeats the same trials
   skiptune worker --model edm-cifar10 --devices 0,1,2,3 --storage postgresql://user:pw@db/skiptune
 """
 
@@ -37,6 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--devices", default=None, help="GPU indices, one worker process each, e.g. 0,1,2,3")
     parser.add_argument(
         "--batch-size", type=int, default=256, help="samples per batch (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="this worker's seed (process i of --devices: seed + i); with the study's recorded seed it "
+        "seeds each study's sampler, so one worker repeats its proposals (default: from the clock)",
     )
     parser.add_argument(
         "--max-trials", type=int, default=None, help="stop after this many trials (per process)"
@@ -73,6 +88,8 @@ def _check(args: argparse.Namespace) -> None:
             )
     if not args.db_timeout >= 0:  # also refuses nan
         raise SkiptuneError(f"bad --db-timeout {args.db_timeout}: expected seconds >= 0, e.g. 300")
+    if args.seed is not None and not 0 <= args.seed < 2**31 - 1024:
+        raise SkiptuneError(f"bad --seed {args.seed}: expected an integer in 0..{2**31 - 1025}, e.g. 0")
     if args.max_trials is not None and args.max_trials < 1:
         raise SkiptuneError(
             f"bad --max-trials {args.max_trials}: expected a positive integer (leave it out for no limit)"
@@ -101,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         grace=args.grace,
         precision=args.precision,
         db_timeout=args.db_timeout,
+        seed=args.seed,
     )
     if args.devices:
         from skiptune.devices import resolve_device

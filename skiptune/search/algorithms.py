@@ -1,13 +1,15 @@
-"""Search algorithms by name: each builds an Optuna sampler for a search space, budget and worker seed.
+"""Search algorithms by name: each builds an Optuna sampler for a search space, budget and seed.
 
-Each worker process builds its own sampler with its own seed, so parallel proposals differ; TPE's
-``constant_liar`` makes a worker treat the other workers' RUNNING trials as bad results, so they do
-not all propose the same point.
+Each worker process builds its own sampler per study, seeded from the study's recorded seed, the
+worker's seed and the phase's name (``sampler_seed``), so parallel proposals differ and one worker with a
+given seed repeats its proposals exactly; TPE's ``constant_liar`` makes a worker treat the other workers'
+RUNNING trials as bad results, so they do not all propose the same point.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -77,3 +79,8 @@ def _grid(space: SearchSpace, n_trials: int, seed: int) -> optuna.samplers.BaseS
 
 def build_sampler(name: str, *, space: SearchSpace, n_trials: int, seed: int) -> optuna.samplers.BaseSampler:
     return SEARCH_ALGORITHMS.get(name)(space, n_trials, seed)
+
+
+def sampler_seed(*, study_seed: int | None, worker_seed: int, study_name: str) -> int:
+    """The seed of one worker's sampler for one study or grow phase (``study_name``)."""
+    return zlib.crc32(f"{study_seed}:{worker_seed}:{study_name}".encode()) & 0x7FFFFFFF

@@ -41,6 +41,7 @@ OBJECTIVE_ARGS_ATTR = "skiptune_objective_args"
 BUDGET_ATTR = "skiptune_budget"
 SEARCH_ATTR = "skiptune_search"
 VALIDATION_ATTR = "skiptune_validation"  # ValidationSettings.to_dict(); absent: validation off (old studies)
+SEED_ATTR = "skiptune_seed"  # the search's seed (study create --seed); workers seed their samplers from it
 
 # ---- study attributes of a companion study
 PARENT_ATTR = "skiptune_parent"  # the main study's name

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -31,6 +32,7 @@ from skiptune.search.records import (
     ROLE_ATTR,
     SAMPLER_SIGMAS_ATTR,
     SEARCH_ATTR,
+    SEED_ATTR,
     VALIDATION_ATTR,
     WARM_FROM_ATTR,
     WARM_START,
@@ -38,6 +40,8 @@ from skiptune.search.records import (
 )
 from skiptune.search.settings import ValidationSettings
 from skiptune.search.space import BASELINE_PARAMS, SearchSpace
+
+MAX_SEED = 2**31 - 1
 
 
 def canonical(obj: Any) -> Any:
@@ -48,7 +52,7 @@ def canonical(obj: Any) -> Any:
 @dataclass(frozen=True)
 class StudySpec:
     """Everything that defines a study. ``identity()`` is what changes the numbers or the space;
-    ``n_trials`` (the budget shared by all workers) and ``search`` may change between runs."""
+    ``n_trials`` (the budget shared by all workers), ``search`` and ``seed`` may change between runs."""
 
     model: str
     model_fingerprint: str
@@ -60,11 +64,14 @@ class StudySpec:
     n_trials: int = 30
     search: str = "tpe"
     validation: ValidationSettings | None = None  # None: the answer stays unvalidated (old studies)
+    seed: int | None = None  # the search's seed: workers seed their samplers from it (None: not recorded)
     # the noise levels the sampler evaluates the net at (``sampling.levels``; the window stage's
     # candidates); None for studies created before it was stored: no window stage
     sampler_sigmas: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise SkiptuneError(f"bad seed {self.seed}: expected an integer in 0..{MAX_SEED}, e.g. 0")
         if self.n_trials < 1:
             raise SkiptuneError(f"bad trial budget {self.n_trials}: expected a positive integer, e.g. 30")
         if self.nfe < 1:
@@ -108,6 +115,8 @@ class StudySpec:
         }
         if self.validation is not None:
             attrs[VALIDATION_ATTR] = self.validation.to_dict()
+        if self.seed is not None:
+            attrs[SEED_ATTR] = self.seed
         if self.sampler_sigmas is not None:
             attrs[SAMPLER_SIGMAS_ATTR] = list(self.sampler_sigmas)
         return attrs
@@ -133,6 +142,7 @@ class StudySpec:
                 if isinstance(attrs.get(VALIDATION_ATTR), dict)
                 else None
             ),
+            seed=int(attrs[SEED_ATTR]) if isinstance(attrs.get(SEED_ATTR), int) else None,
             sampler_sigmas=(
                 tuple(float(v) for v in attrs[SAMPLER_SIGMAS_ATTR])
                 if isinstance(attrs.get(SAMPLER_SIGMAS_ATTR), list)
@@ -179,25 +189,29 @@ class CreatedStudy:
     created: bool  # False: it existed already (same identity)
     n_trials: int
     enqueued: list[dict[str, float]]
+    seed: int | None = None
 
 
 def create_studies(storage: optuna.storages.BaseStorage, specs: Sequence[StudySpec]) -> list[CreatedStudy]:
     """Create (or find, for the same identity) one study per spec; enqueue the baseline and warm starts.
 
-    Idempotent: running it again changes nothing but the budget and search algorithm, which take
-    the new values, and enqueues warm starts from neighbouring NFEs that have finished since.
+    Idempotent: running it again changes nothing but the budget, search algorithm and seed, which take
+    the new values, and enqueues warm starts from neighbouring NFEs that have finished since. A spec
+    without a seed keeps the study's recorded one; a new study then records a random one.
     """
     out = []
     for spec in specs:
-        created = _create_or_update(storage, spec)
+        created, seed = _create_or_update(storage, spec)
         study = optuna.load_study(study_name=spec.name, storage=storage)
         enqueued = _enqueue_baseline(study, storage, spec, created=created)
         enqueued += _enqueue_warm_starts(study, storage, spec)
-        out.append(CreatedStudy(spec.name, created, spec.n_trials, enqueued))
+        out.append(CreatedStudy(spec.name, created, spec.n_trials, enqueued, seed))
     return out
 
 
-def _create_or_update(storage: optuna.storages.BaseStorage, spec: StudySpec) -> bool:
+def _create_or_update(storage: optuna.storages.BaseStorage, spec: StudySpec) -> tuple[bool, int | None]:
+    """(whether the study was created, its seed now)."""
+    stored = None
     try:
         study_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], spec.name)
         created = True
@@ -210,9 +224,12 @@ def _create_or_update(storage: optuna.storages.BaseStorage, spec: StudySpec) -> 
                 "attributes); delete it with `optuna delete-study` or use another storage"
             ) from None
         created = False
+    if spec.seed is None:  # keep the recorded seed; a new study (or an old one without) draws one
+        kept = stored.seed if stored is not None else None
+        spec = replace(spec, seed=kept if kept is not None else secrets.randbelow(MAX_SEED + 1))
     for key, value in spec.user_attrs().items():
         storage.set_study_user_attr(study_id, key, value)
-    return created
+    return created, spec.seed
 
 
 def _enqueue_baseline(
@@ -253,8 +270,8 @@ def _enqueue_warm_starts(
 
 def _family(spec: StudySpec) -> StudySpec:
     """The spec with what neighbouring studies may differ in set aside: NFE (and its noise levels),
-    budget, search algorithm, validation settings."""
-    return replace(spec, nfe=1, n_trials=1, search="tpe", validation=None, sampler_sigmas=None)
+    budget, search algorithm, validation settings, seed."""
+    return replace(spec, nfe=1, n_trials=1, search="tpe", validation=None, sampler_sigmas=None, seed=None)
 
 
 def _neighbours(storage: optuna.storages.BaseStorage, spec: StudySpec) -> list[StoredStudy]:

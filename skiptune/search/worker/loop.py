@@ -27,16 +27,22 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from skiptune.devices import resolve_device
 from skiptune.errors import SkiptuneError
-from skiptune.search.algorithms import build_sampler
-from skiptune.search.budget import fresh_trials, used_budget
-from skiptune.search.experiment.state import Experiment, advance, companion_ids, load_experiment
+from skiptune.search.algorithms import build_sampler, sampler_seed
+from skiptune.search.budget import counts_against_budget, fresh_trials, used_budget
+from skiptune.search.experiment.state import (
+    Experiment,
+    advance,
+    companion_ids,
+    load_experiment,
+    param_key,
+)
 from skiptune.search.lineage import MAX_RETRIES, Held
 from skiptune.search.pruning import RungPruner
-from skiptune.search.records import read_many, reset_session
+from skiptune.search.records import fixed_params, read_many, reset_session
 from skiptune.search.settings import ValidationSettings
 from skiptune.search.study import StoredStudy, StudySpec, canonical, find_studies
 from skiptune.search.worker.heartbeat import heartbeat_interval
@@ -92,6 +98,7 @@ def run_worker(
     objective_factory: ObjectiveFactory | None = None,
     precision: str = "auto",
     db_timeout: float = DEFAULT_DB_TIMEOUT_S,
+    seed: int | None = None,
 ) -> WorkerSummary:
     """Evaluate trials until the selected studies' budgets are met (or ``max_trials`` were run).
 
@@ -99,7 +106,10 @@ def run_worker(
     ``skiptune.nets.fast``) and plain fp32 elsewhere; ``"fp32"`` forces the plain network.
     ``db_timeout``: seconds to wait for an unreachable database (or gRPC proxy) before giving up,
     from the start on.
+    ``seed``: this worker's seed (``seed + worker_index``; None: from the clock); with the study's
+    recorded seed it seeds the sampler of each study, so one worker with a seed repeats its proposals.
     """
+    started = time.monotonic()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     guard = StorageGuard(db_timeout)
     # A worker started while its database (or proxy) is down waits for it as a running one does.
@@ -115,7 +125,15 @@ def run_worker(
     studies = guard.call(lambda: _select_studies(storage, loaded.name, loaded.fingerprint, sampler, nfes))
     factory = objective_factory or default_objective_factory
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{worker_index}"
-    seed = zlib.crc32(f"{worker_id}:{time.time_ns()}".encode()) & 0x7FFFFFFF
+    if seed is None:
+        seed = zlib.crc32(f"{worker_id}:{time.time_ns()}".encode()) & 0x7FFFFFFF
+    else:
+        seed += worker_index
+    _log.info(
+        "worker %s (seed %d): model %s loaded on %s (%s) after %.1f s; %d studies: %s", worker_id, seed,
+        loaded.name, dev, precision_used, time.monotonic() - started, len(studies),
+        ", ".join(s.name for s in studies),
+    )  # fmt: skip
     loop = _Loop(storage, studies, worker_id=worker_id, seed=seed, guard=guard)
     objectives: dict[str, Objective] = {}
 
@@ -138,6 +156,8 @@ def run_worker(
                 break
             objective = objective_for(unit.main)
             held = Held()
+            unit_started = time.monotonic()
+            _log.info("%s: %s", unit.study_name, unit.describe())
             try:
                 outcome = _run_unit(loop, unit, objective, worker_id, stop, precision_used, held)
             except Exception as exc:  # the boundary: storage failures become a give-back or one line
@@ -146,14 +166,26 @@ def run_worker(
                 outcome = _give_back_after(exc, guard, held, stop)
             if outcome is None:
                 continue  # another worker took the last job first
-            _log.info(
-                "%s trial %d: %s %s", unit.study_name, outcome.number, outcome.state, outcome.value or ""
-            )
+            _log_outcome(unit, outcome, time.monotonic() - unit_started, time.monotonic() - started)
             summary.outcomes.append(outcome)
     finally:
         stop.uninstall()
     summary.stopped = stop.requested
     return summary
+
+
+def _log_outcome(unit: Unit, outcome: TrialOutcome, seconds: float, elapsed: float) -> None:
+    what = "validation job" if unit.kind == "validate" else "trial"
+    value = "" if outcome.value is None else f" {outcome.value:.6g}"
+    _log.info(
+        "%s: %s %d %s%s in %.1f s (worker elapsed %s)", unit.study_name, what, outcome.number,
+        outcome.state, value, seconds, _clock(elapsed),
+    )  # fmt: skip
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
 
 
 def _give_back_after(
@@ -259,6 +291,14 @@ class Unit:
     spec: StudySpec  # for search: the phase's space and budget
     settings: ValidationSettings | None = None
     waiting: bool = True  # the study held a WAITING trial when chosen (a re-run copy to take first)
+    done: int = 0  # when chosen: search trials / jobs finished
+    total: int = 0  # the phase's budget / the round's jobs
+    stage: str = "search"  # for the log: search, or the companion's kind (grow, refine, window)
+
+    def describe(self) -> str:
+        """What the worker starts, for its log line: ``starting a search trial (3 of 8 finished)``."""
+        what = "validation job" if self.kind == "validate" else f"{self.stage} trial"
+        return f"starting a {what} ({self.done} of {self.total} finished)"
 
 
 class _Loop:
@@ -288,10 +328,11 @@ class _Loop:
     def study(self, unit: Unit) -> optuna.Study:
         if unit.study_name not in self._optuna:
             spec = unit.spec
+            seed = sampler_seed(
+                study_seed=unit.main.spec.seed, worker_seed=self.seed, study_name=unit.study_name
+            )
             sampler: optuna.samplers.BaseSampler = (
-                build_sampler(
-                    spec.search, space=spec.space, n_trials=spec.n_trials, seed=self.seed + unit.main.study_id
-                )
+                build_sampler(spec.search, space=spec.space, n_trials=spec.n_trials, seed=seed)
                 if unit.kind == "search"
                 else optuna.samplers.RandomSampler(seed=self.seed)  # jobs are enqueued: never sampled
             )
@@ -312,7 +353,8 @@ class _Loop:
             trials = fresh_trials(self.storage, phase.study_id) if failed else phase.trials
             used = used_budget(trials)
             waiting = any(t.state == TrialState.WAITING for t in trials)
-            unit = replace(unit, waiting=waiting)
+            stage = "search" if phase.name == main.name else phase.kind
+            unit = replace(unit, waiting=waiting, done=_finished(trials), total=phase.budget, stage=stage)
             running += sum(t.state == TrialState.RUNNING for t in trials)
             if used < phase.budget or waiting:
                 search.append((used / phase.budget, unit))
@@ -322,7 +364,8 @@ class _Loop:
             trials = fresh_trials(self.storage, r.study_id) if failed else r.trials
             running += sum(t.state == TrialState.RUNNING for t in trials)
             if any(t.state == TrialState.WAITING for t in trials):
-                validate.append(unit)
+                jobs = len({param_key(fixed_params(t)) for t in trials})
+                validate.append(replace(unit, done=_finished(trials), total=jobs))
         return search, validate, running + len(exp.unready)
 
     def next_unit(self, stop: StopSignal) -> Unit | None:
@@ -350,6 +393,12 @@ class _Loop:
                 return None
             time.sleep(self.poll_s * self._rng.uniform(0.5, 1.5))  # jitter: waiting workers spread out
         return None
+
+
+def _finished(trials: list[FrozenTrial]) -> int:
+    """Trials that finished and count (complete, pruned, or failed by their own evaluation)."""
+    return sum(t.state != TrialState.WAITING and t.state != TrialState.RUNNING and counts_against_budget(t)
+               for t in trials)  # fmt: skip
 
 
 def _fast_net(net: torch.nn.Module, device: torch.device, precision: str) -> tuple[torch.nn.Module, str]:

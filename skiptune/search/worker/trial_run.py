@@ -144,6 +144,10 @@ def _evaluate(
                 break
             n_samples, value = item
             trial.report(value, step=n_samples)
+            _log.info(
+                "%s: trial %d rho=(%.4g, %.4g) at %d samples: %.6g", study.study_name, trial.number,
+                schedule.rho_bottom, schedule.rho_top, n_samples, value,
+            )  # fmt: skip
             if not is_reference and trial.should_prune():
                 study.tell(trial, state=TrialState.PRUNED)
                 return TrialOutcome(trial.number, "pruned", value)
