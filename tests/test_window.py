@@ -338,13 +338,18 @@ def test_window_jobs_run_exactly_once_across_workers(
     jobs = _window_jobs(postgres_url)
     assert not [t for _, t in jobs if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     failed = [t for _, t in jobs if t.state == TrialState.FAIL]
-    assert [t._trial_id for t in failed] == [killed._trial_id]  # the killed one, failed by the heartbeat
+    # The killed worker's job is failed by the sweep; on a starved machine a live worker can also miss its
+    # beats past the grace and have its job failed and re-run (the full suite on 2 cores once did): allowed,
+    # as long as every failed job was re-run to completion (checked below) and nothing ran twice.
+    kinds = [t.user_attrs.get(rec.FAIL_ATTR) for t in failed]
+    assert killed._trial_id in [t._trial_id for t in failed], kinds
     levels = _levels(postgres_url)
     done = [(name, t) for name, t in jobs if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     screens = [span_of(schedule_window(rec.fixed_params(t)), levels) for n, t in done if "/window" in n]
     validated = [param_key(rec.fixed_params(t)) for n, t in done if "/window" not in n]
     assert len(screens) == len(set(screens)) == 9 and None not in screens  # each window screened once
     assert len(validated) == len(set(validated)) == 1  # the one window better than the pair, validated once
-    assert param_key(rec.fixed_params(killed)) in {param_key(rec.fixed_params(t)) for _, t in done}
+    done_keys = {param_key(rec.fixed_params(t)) for _, t in done}
+    assert all(param_key(rec.fixed_params(t)) in done_keys for t in failed)  # each failed job re-run
     best = best_coefficients(postgres_url, "tiny", 4, sampler="euler")
     assert best.status == VALIDATED and span_of(best.sigma_window, levels) == (0, 2)
