@@ -417,18 +417,7 @@ def growth_plan(exp: Experiment) -> tuple[SearchSpace, int] | None:
 
 
 def _maybe_grow(storage: optuna.storages.BaseStorage, exp: Experiment) -> bool:
-    plan = growth_plan(exp)
-    if plan is None:
-        return False
-    space, budget = plan
-    index = len(exp.phases)
-    name = rec.companion_name(exp.main.name, rec.GROW, index)
-    sid = _create_companion(storage, name)
-    if sid is None:
-        return False
-    _fill_grow(storage, exp, name, sid, index, space, budget)
-    _log.info("growing the box of %s to %s (%d trials)", exp.main.name, space.to_dict(), budget)
-    return True
+    return _new_phase(storage, exp, rec.GROW, growth_plan(exp), "growing the box of")
 
 
 def refine_plan(exp: Experiment) -> tuple[SearchSpace, int] | None:
@@ -444,17 +433,27 @@ def refine_plan(exp: Experiment) -> tuple[SearchSpace, int] | None:
 
 
 def _maybe_refine(storage: optuna.storages.BaseStorage, exp: Experiment) -> bool:
-    plan = refine_plan(exp)
+    return _new_phase(storage, exp, rec.REFINE, refine_plan(exp), "refining")
+
+
+def _new_phase(
+    storage: optuna.storages.BaseStorage,
+    exp: Experiment,
+    kind: str,
+    plan: tuple[SearchSpace, int] | None,
+    doing: str,
+) -> bool:
+    """Create and fill the next search phase (a growth or the refinement) of ``plan``, if due."""
     if plan is None:
         return False
     space, budget = plan
     index = len(exp.phases)
-    name = rec.companion_name(exp.main.name, rec.REFINE, index)
+    name = rec.companion_name(exp.main.name, kind, index)
     sid = _create_companion(storage, name)
     if sid is None:
         return False
-    _fill_grow(storage, exp, name, sid, index, space, budget, kind=rec.REFINE)
-    _log.info("refining %s in %s (%d trials)", exp.main.name, space.to_dict(), budget)
+    _fill_grow(storage, exp, name, sid, index, space, budget, kind=kind)
+    _log.info("%s %s: %s (%d trials)", doing, exp.main.name, space.to_dict(), budget)
     return True
 
 
