@@ -45,7 +45,8 @@ def test_short_demo_runs_end_to_end_and_repeats(tmp_path: Path) -> None:
     # One progress display: printed (off a terminal) whenever a count changed, over both stages.
     lines = [ln for ln in done.stdout.splitlines() if re.match(r"\s+\d+:\d\d  ", ln)]
     assert "loading the model" in lines[0] and "workers done" in lines[-1]
-    assert any("search 1/3 trials" in ln and "validation 0/2 jobs" in ln for ln in lines)
+    # The line is polled every 2 s, so a fast trial may pass unseen: some line mid-search shows both stages.
+    assert any(re.search(r"search [0-2]/3 trials.* \| validation 0/2 jobs", ln) for ln in lines)
     assert any("left" in ln for ln in lines)
     assert re.search(r"search 3/3 trials \|.* validation (\d+)/\1 jobs \| workers done", lines[-1])
     # The worker's log says what it does: each unit with its study, place, value and time.
