@@ -31,8 +31,9 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check skiptune tests benchmarks
 	$(VENV)/bin/mypy skiptune
 
+# PYTEST_ARGS: extra pytest arguments, e.g. PYTEST_ARGS='-m "not slow"' (CI's newest-releases job)
 test: lint
-	$(VENV)/bin/pytest -q -rs
+	$(VENV)/bin/pytest -q -rs $(PYTEST_ARGS)
 
 # The suite against the newest releases (no constraints) and against the oldest allowed ones; each in
 # its own venv. A failure here is news about a release, not about the code under test.

@@ -25,6 +25,7 @@ from skiptune.analysis import (
     suggest_window,
 )
 from skiptune.cli import build_parser, main
+from skiptune.demo.data import fmnist_root
 from skiptune.errors import SkiptuneError
 from skiptune.objectives.features import ModuleExtractor
 from skiptune.sampling.generate import to_uint8
@@ -158,6 +159,13 @@ def test_window_on_constructed_curves():
     assert suggest_window(sigmas, [math.nan] * 6, ses) is None
 
 
+# `analyze` on the demo model reads the reference's real images (dataset-fashion-mnist; .ci/run installs it)
+needs_fmnist = pytest.mark.skipif(
+    not (fmnist_root() / "t10k-images-idx3-ubyte.gz").is_file(),
+    reason="Fashion-MNIST not installed (dataset-fashion-mnist)",
+)
+
+
 def test_sigma_grid_and_parsing():
     grid = sigma_grid(0.002, 80, 24)
     assert len(grid) == 24 and (grid[0], grid[-1]) == (0.002, 80.0)  # exact: 80 is the sampler's first level
@@ -169,6 +177,7 @@ def test_sigma_grid_and_parsing():
             parse_sigmas(bad)
 
 
+@needs_fmnist
 def test_cli_on_the_demo_model(tmp_path, capsys):
     png = tmp_path / "analysis.png"
     args = ["analyze", "--model", "demo", "--rho", "0.485", "0.328", "--nfe", "5", "--n-images", "64",
@@ -196,6 +205,7 @@ def test_cli_on_the_demo_model(tmp_path, capsys):
         assert "--sigma-window" in comparison["check"][0]
 
 
+@needs_fmnist
 def test_cli_takes_the_pair_of_a_study_and_prints_a_table(tmp_path, capsys):
     db = tmp_path / "results.db"
     shutil.copy(RESULTS_DB, db)  # the committed results of the demo studies; never written to
