@@ -148,8 +148,11 @@ def _skiptune(*argv: str, quiet: bool = False) -> None:
 
 
 def _worker_command(url: str, group: WorkerGroup, *, batch_size: int, seed: int) -> list[str]:
+    # a 2 s heartbeat: a worker waiting for the other's trial or job polls at that pace (10 s by default),
+    # so it takes the other's next validation job, or exits at the end, within seconds
     command = [sys.executable, "-m", "skiptune", "worker", "--model", "demo", "--device", "cpu",
-               "--batch-size", str(batch_size), "--seed", str(seed), "--storage", url]  # fmt: skip
+               "--batch-size", str(batch_size), "--seed", str(seed), "--heartbeat", "2",
+               "--storage", url]  # fmt: skip
     if group.nfes is not None:  # its own NFEs' search; any NFE's validation jobs once those are done
         command += ["--nfe", ",".join(map(str, sorted(group.nfes))), "--validate-others"]
     return command
