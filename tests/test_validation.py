@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import time
@@ -267,6 +268,76 @@ def test_old_study_is_unvalidated_until_validate(
     assert "fixed" in capsys.readouterr().err
     run_worker(url, model=str(search_assets.model), device="cpu", batch_size=8, heartbeat=1, grace=3)
     assert best_coefficients(url, "tiny", 2, sampler="euler").status in (VALIDATED, NO_GAIN)
+
+
+FIXED_BOX = ("--growth-trials", "0", "--refine-trials", "0", "--no-window")
+
+
+def _nfe(url: str, nfe: int):  # -> Experiment
+    storage = open_storage(url)
+    (study,) = find_studies(storage, nfes=[nfe])
+    return load_experiment(storage, study)
+
+
+def test_validate_others_runs_other_nfes_jobs_never_their_search(
+    search_assets: SearchAssets, tmp_path: Path
+) -> None:
+    """A worker limited to NFE 2 with ``validate_others`` runs NFE 3's validation jobs once NFE 3's search
+    is done, never NFE 3's search trials, and does not wait for a search nobody runs; without the option
+    NFE 3 is none of its business."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    _create(search_assets, url, *FIXED_BOX, "--seed", "0", nfes="2,3", trials=3)
+
+    def work(nfe: int, heartbeat: int | None = None, grace: int | None = None, **kw: Any) -> Any:
+        return run_worker(url, model=str(search_assets.model), nfes=[nfe], device="cpu", batch_size=8,
+                          heartbeat=heartbeat, grace=grace, **kw)  # fmt: skip
+
+    # NFE 3 has no worker: after its own work this one waits --grace (3 s) for NFE 3 to move, then exits
+    helper = work(2, heartbeat=1, grace=3, validate_others=True)
+    assert helper.count("complete") + helper.count("pruned") == 3 and helper.count("validated") >= 2
+    assert _nfe(url, 2).status() in (VALIDATED, NO_GAIN)
+    assert [t.state for t in _nfe(url, 3).search_trials()] == [TrialState.WAITING]  # the baseline, untouched
+    assert work(3, max_trials=3).evaluated == 3  # NFE 3 searched, stopped before its validation
+    assert work(2).evaluated == 0  # without the option: NFE 2 is done, NFE 3's jobs are not its own
+    assert _nfe(url, 3).rounds == []
+    helper = work(2, validate_others=True)
+    (round0,) = _nfe(url, 3).rounds
+    assert [o.state for o in helper.outcomes] == ["validated"] * len(round0.trials)  # jobs only, no trial
+    assert all(t.state == TrialState.COMPLETE for t in round0.trials) and len(round0.trials) >= 2
+    assert len(_nfe(url, 3).search_trials()) == 3 and _nfe(url, 3).status() in (VALIDATED, NO_GAIN)
+
+
+@pytest.mark.slow
+def test_validate_others_waits_for_the_other_search(search_assets: SearchAssets, tmp_path: Path) -> None:
+    """Worker processes: one done with NFE 2 waits for NFE 3, whose own worker starts only then, and exits
+    when NFE 3 is validated too (it may take some of its jobs), having run no NFE 3 trial."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    _create(search_assets, url, *FIXED_BOX, nfes="2", trials=2)
+    _create(search_assets, url, *FIXED_BOX, "--validate-samples", "480", nfes="3", trials=6)  # jobs of ~1 s
+    helper = search_assets.worker(
+        url, tmp_path / "nfe2.log", grace=60, extra=("--nfe", "2", "--validate-others")
+    )
+    owner = None
+    try:
+        deadline = time.monotonic() + 120
+        while _nfe(url, 2).status() not in (VALIDATED, NO_GAIN) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert helper.poll() is None, (tmp_path / "nfe2.log").read_text()[-3000:]  # done with NFE 2, waiting
+        owner = search_assets.worker(url, tmp_path / "nfe3.log", grace=60, extra=("--nfe", "3"))
+        assert helper.wait(timeout=240) == 0, (tmp_path / "nfe2.log").read_text()[-3000:]
+        three = _nfe(url, 3)  # as the helper left it
+        assert owner.wait(timeout=240) == 0, (tmp_path / "nfe3.log").read_text()[-3000:]
+    finally:
+        for process in (helper, owner):
+            if process is not None:
+                process.kill()
+    assert len(three.search_trials()) == 6 and three.status() in (VALIDATED, NO_GAIN)
+    assert all(t.state == TrialState.COMPLETE for r in three.rounds for t in r.trials)
+    log = (tmp_path / "nfe2.log").read_text()
+    assert not re.search(r"nfe=3/\w+: (starting a search trial|trial \d+)", log)  # no NFE 3 search trial
+    ran = [re.findall(r"nfe=3/\w+/validate0: validation job (\d+) validated", (tmp_path / f).read_text())
+           for f in ("nfe2.log", "nfe3.log")]  # fmt: skip
+    assert sorted(ran[0] + ran[1]) == [str(t.number) for t in three.rounds[0].trials]  # each job once
 
 
 # ------------------------------------------------------------------------------- many processes

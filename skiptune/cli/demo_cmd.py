@@ -29,8 +29,10 @@ vs the baseline, and write the report PNGs.
 
 Reproducible: the studies record --seed and each worker seeds its sampler from it. With at most one
 worker per NFE (the default: one each) every study has one worker, so the same command gives the
-same trials and the same table. With more workers than NFEs they share the studies: each trial's
-value for its pair is still fixed (common seeds), but which pairs are proposed depends on timing.
+same trials and the same table (a worker done with its own NFEs helps with the others' validation
+jobs, `worker --validate-others`: a job's result does not depend on who runs it). With more workers
+than NFEs they share the studies: each trial's value for its pair is still fixed (common seeds), but
+which pairs are proposed depends on timing.
 
 examples:
   skiptune demo                                   # the defaults used by `make demo`
@@ -146,10 +148,13 @@ def _skiptune(*argv: str, quiet: bool = False) -> None:
 
 
 def _worker_command(url: str, group: WorkerGroup, *, batch_size: int, seed: int) -> list[str]:
+    # a 2 s heartbeat: a worker waiting for the other's trial or job polls at that pace (10 s by default),
+    # so it takes the other's next validation job, or exits at the end, within seconds
     command = [sys.executable, "-m", "skiptune", "worker", "--model", "demo", "--device", "cpu",
-               "--batch-size", str(batch_size), "--seed", str(seed), "--storage", url]  # fmt: skip
-    if group.nfes is not None:
-        command += ["--nfe", ",".join(map(str, sorted(group.nfes)))]
+               "--batch-size", str(batch_size), "--seed", str(seed), "--heartbeat", "2",
+               "--storage", url]  # fmt: skip
+    if group.nfes is not None:  # its own NFEs' search; any NFE's validation jobs once those are done
+        command += ["--nfe", ",".join(map(str, sorted(group.nfes))), "--validate-others"]
     return command
 
 

@@ -26,10 +26,17 @@ worker with a --seed on its studies repeats its proposals, values and answer exa
 on one study each evaluate a given pair to the same value (common seeds), but which pairs get
 proposed depends on the order they finish in.
 
+--validate-others: a worker limited by --nfe (or --sampler) also runs the validation jobs of the model's
+other studies (of its --sampler, if given) whenever it has none of its own left; their search trials stay
+with their own workers, so a seeded run still repeats (a job's result does not depend on who runs it).
+It then waits for those studies while their searches run, and exits when all are done; a search that
+shows no progress for --grace seconds (no worker of its own) is not waited for.
+
 examples:
   skiptune worker --model demo                               # all NFEs, auto device
   skiptune worker --model demo --nfe 5,9 --device cuda:1 --batch-size 512
   skiptune worker --model demo --seed 0        # alone on its studies: repeats the same trials
+  skiptune worker --model demo --nfe 5 --validate-others --seed 0   # then helps validate NFE 9 etc.
   skiptune worker --model edm-cifar10 --devices 0,1,2,3 --storage postgresql://user:pw@db/skiptune
 """
 
@@ -40,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sampler", default=None, choices=SAMPLERS.names(), help="only this sampler's studies (default: all)"
     )
     parser.add_argument("--nfe", default=None, help="only these NFEs, e.g. 5,9 (default: all)")
+    parser.add_argument(
+        "--validate-others",
+        action="store_true",
+        help="with no work of its own left, also run the validation jobs (never the search trials) of the "
+        "model's other studies, and wait for them to finish (see above)",
+    )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     where.add_argument("--devices", default=None, help="GPU indices, one worker process each, e.g. 0,1,2,3")
@@ -119,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         db_timeout=args.db_timeout,
         seed=args.seed,
+        validate_others=args.validate_others,
     )
     if args.devices:
         from skiptune.devices import resolve_device
@@ -131,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"worker {summary.worker_id}: {summary.count('complete')} complete, "
         f"{summary.count('pruned')} pruned, "
-        f"{summary.count('failed')} failed" + (" (stopped by signal)" if summary.stopped else ""),
+        f"{summary.count('failed')} failed, {summary.count('validated')} validation jobs"
+        + (" (stopped by signal)" if summary.stopped else ""),
         flush=True,
     )
     if summary.exit_code():

@@ -331,7 +331,8 @@ _first_seen_unready: dict[str, float] = {}
 
 
 def advance(storage: optuna.storages.BaseStorage, exp: Experiment, *, grace: float = 120.0) -> bool:
-    """Take the experiment's next step if one is due; True if this call created or completed something."""
+    """Take the experiment's next step if one is due; True if one was: this call created or completed
+    something, or another worker created it just before (either way the experiment is to be read again)."""
     if exp.settings is None:
         return False
     for name, sid in exp.unready:
@@ -344,7 +345,8 @@ def advance(storage: optuna.storages.BaseStorage, exp: Experiment, *, grace: flo
         return False
     pending = pending_candidates(exp)
     if pending:
-        return create_round(storage, exp, pending) is not None
+        create_round(storage, exp, pending)
+        return True
     if not all(r.done for r in exp.rounds):
         return False
     if _maybe_grow(storage, exp) or _maybe_refine(storage, exp):
@@ -353,7 +355,9 @@ def advance(storage: optuna.storages.BaseStorage, exp: Experiment, *, grace: flo
     if spans:
         return _create_window_screen(storage, exp, spans)
     windows = pending_windows(exp)
-    return bool(windows) and create_round(storage, exp, windows, window=True) is not None
+    if windows:
+        create_round(storage, exp, windows, window=True)
+    return bool(windows)
 
 
 def _create_companion(storage: optuna.storages.BaseStorage, name: str) -> int | None:
@@ -443,7 +447,7 @@ def _new_phase(
     plan: tuple[SearchSpace, int] | None,
     doing: str,
 ) -> bool:
-    """Create and fill the next search phase (a growth or the refinement) of ``plan``, if due."""
+    """Create and fill the next search phase (a growth or the refinement) of ``plan``, if due (True)."""
     if plan is None:
         return False
     space, budget = plan
@@ -451,7 +455,7 @@ def _new_phase(
     name = rec.companion_name(exp.main.name, kind, index)
     sid = _create_companion(storage, name)
     if sid is None:
-        return False
+        return True  # another worker made it first
     _fill_grow(storage, exp, name, sid, index, space, budget, kind=kind)
     _log.info("%s %s: %s (%d trials)", doing, exp.main.name, space.to_dict(), budget)
     return True
@@ -462,7 +466,7 @@ def _create_window_screen(storage: optuna.storages.BaseStorage, exp: Experiment,
     name = rec.companion_name(exp.main.name, rec.WINDOW, index)
     sid = _create_companion(storage, name)
     if sid is None:
-        return False
+        return True  # another worker made it first
     _fill_window_screen(storage, exp, name, sid, index, spans)
     _log.info("window screen %s: %d windows", name, len(spans))
     return True

@@ -46,7 +46,7 @@ from skiptune.search.records import fixed_params, read_many, reset_session
 from skiptune.search.settings import ValidationSettings
 from skiptune.search.study import StoredStudy, StudySpec, canonical, find_studies
 from skiptune.search.worker.heartbeat import heartbeat_interval
-from skiptune.search.worker.precision import check_precision
+from skiptune.search.worker.precision import check_precision, recorded_precision
 from skiptune.search.worker.resilience import DEFAULT_DB_TIMEOUT_S, StorageGuard
 from skiptune.search.worker.stale import StaleSweep
 from skiptune.search.worker.stopping import StopSignal
@@ -99,6 +99,7 @@ def run_worker(
     precision: str = "auto",
     db_timeout: float = DEFAULT_DB_TIMEOUT_S,
     seed: int | None = None,
+    validate_others: bool = False,
 ) -> WorkerSummary:
     """Evaluate trials until the selected studies' budgets are met (or ``max_trials`` were run).
 
@@ -108,6 +109,9 @@ def run_worker(
     from the start on.
     ``seed``: this worker's seed (``seed + worker_index``; None: from the clock); with the study's
     recorded seed it seeds the sampler of each study, so one worker with a seed repeats its proposals.
+    ``validate_others``: when this worker has no work of its own, it also runs the validation jobs of the
+    model's other studies (of ``sampler``, if given; their search stays with their own workers), and waits
+    for them while their searches progress (see ``_Loop``).
     """
     started = time.monotonic()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -123,6 +127,9 @@ def run_worker(
     loaded = load_model(model, device=dev)
     net, precision_used = _fast_net(loaded.net, dev, precision)
     studies = guard.call(lambda: _select_studies(storage, loaded.name, loaded.fingerprint, sampler, nfes))
+    others = [] if not validate_others else guard.call(
+        lambda: _other_studies(storage, loaded.name, loaded.fingerprint, sampler, studies)
+    )  # fmt: skip
     factory = objective_factory or default_objective_factory
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{worker_index}"
     if seed is None:
@@ -130,11 +137,14 @@ def run_worker(
     else:
         seed += worker_index
     _log.info(
-        "worker %s (seed %d): model %s loaded on %s (%s) after %.1f s; %d studies: %s", worker_id, seed,
+        "worker %s (seed %d): model %s loaded on %s (%s) after %.1f s; %d studies: %s%s", worker_id, seed,
         loaded.name, dev, precision_used, time.monotonic() - started, len(studies),
         ", ".join(s.name for s in studies),
+        f"; validation jobs also of: {', '.join(s.name for s in others)}" if others else "",
     )  # fmt: skip
-    loop = _Loop(storage, studies, worker_id=worker_id, seed=seed, guard=guard)
+    loop = _Loop(
+        storage, studies, worker_id=worker_id, seed=seed, guard=guard, others=others, precision=precision_used
+    )
     objectives: dict[str, Objective] = {}
 
     def objective_for(s: StoredStudy) -> Objective:
@@ -267,6 +277,20 @@ def _select_studies(
     return ours
 
 
+def _other_studies(
+    storage: optuna.storages.BaseStorage,
+    model: str,
+    fingerprint: str,
+    sampler: str | None,
+    ours: list[StoredStudy],
+) -> list[StoredStudy]:
+    """The studies of ``model`` (and ``sampler``) outside ``ours`` whose validation jobs a worker with
+    ``validate_others`` also runs (those created for this model fingerprint)."""
+    mine = {s.name for s in ours}
+    found = find_studies(storage, model=model, sampler=sampler)
+    return [s for s in found if s.spec.model_fingerprint == fingerprint and s.name not in mine]
+
+
 def _checked_objective(objective: Objective, study: StoredStudy) -> Objective:
     mine = canonical(objective.identity())
     theirs = canonical(study.spec.objective_identity())
@@ -301,8 +325,34 @@ class Unit:
         return f"starting a {what} ({self.done} of {self.total} finished)"
 
 
+@dataclass
+class _Work:
+    """What a look at the experiments found: the units on offer and what is still running."""
+
+    search: list[tuple[float, Unit]] = field(default_factory=list)  # with their used budget fraction
+    validate: list[Unit] = field(default_factory=list)
+    others: list[Unit] = field(default_factory=list)  # validation units of other studies (validate_others)
+    running: int = 0  # trials running, companions being created, other studies' searches progressing
+
+    def choose(self) -> Unit | None:
+        """Validation jobs first (they turn finished searches into answers), then the search with the least
+        used budget, then other studies' validation jobs."""
+        if self.validate:
+            return self.validate[0]
+        if self.search:
+            return min(self.search, key=lambda x: x[0])[1]
+        return self.others[0] if self.others else None
+
+
 class _Loop:
-    """Work choice and end-of-work detection over the selected experiments."""
+    """Work choice and end-of-work detection over the selected experiments.
+
+    ``others`` (a worker's ``validate_others``): experiments of which this worker runs only the validation
+    jobs, when it has no work of its own. Their search trials stay with their own workers (one seeded
+    worker's order of proposals is what repeats a run); a job's result does not depend on who runs it.
+    The worker waits for them while a trial of theirs runs or their search progressed within the grace
+    period (a search nobody works on is not waited for longer), and skips one pinned to another precision.
+    """
 
     def __init__(
         self,
@@ -312,10 +362,15 @@ class _Loop:
         worker_id: str,
         seed: int,
         guard: StorageGuard | None = None,
+        others: list[StoredStudy] | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.storage = storage
         self.guard = guard
         self.studies = studies
+        self.others = list(others or [])
+        self.precision = precision
+        self._progress: dict[str, tuple[tuple[int, int], float]] = {}  # other study -> (mark, since)
         self.worker_id = worker_id
         self.seed = seed
         self._optuna: dict[str, optuna.Study] = {}
@@ -369,30 +424,61 @@ class _Loop:
         return search, validate, running + len(exp.unready)
 
     def next_unit(self, stop: StopSignal) -> Unit | None:
-        """Validation jobs first (they turn finished searches into answers), then the search with the least
-        used budget; waits while others' trials run (they may die and need a re-run)."""
+        """The next unit (``_Work.choose``); waits while others' trials run (they may die and need a
+        re-run) or another study's search progresses."""
         while not stop.requested:
-            search: list[tuple[float, Unit]] = []
-            validate: list[Unit] = []
-            running = 0
-            listing = self.storage.get_all_studies()
-            trials = read_many(self.storage, [i for s in self.studies for i in companion_ids(s, listing)])
-            for s in self.studies:
-                exp = load_experiment(self.storage, s, listing, trials)
-                if advance(self.storage, exp, grace=self.grace):
-                    exp = load_experiment(self.storage, s)
-                units = self._units(exp)
-                search += units[0]
-                validate += units[1]
-                running += units[2]
-            if validate:
-                return validate[0]
-            if search:
-                return min(search, key=lambda x: x[0])[1]
-            if running == 0 or self.poll_s is None:
+            work = self._look()
+            unit = work.choose()
+            if unit is not None:
+                return unit
+            if work.running == 0 or self.poll_s is None:
                 return None
             time.sleep(self.poll_s * self._rng.uniform(0.5, 1.5))  # jitter: waiting workers spread out
         return None
+
+    def _look(self) -> _Work:
+        """Advance every experiment whose next step is due, then collect its units."""
+        work = _Work()
+        studies = [*self.studies, *self.others]
+        listing = self.storage.get_all_studies()
+        trials = read_many(self.storage, [i for s in studies for i in companion_ids(s, listing)])
+        for s in studies:
+            exp = load_experiment(self.storage, s, listing, trials)
+            if advance(self.storage, exp, grace=self.grace):
+                exp = load_experiment(self.storage, s)
+            search, validate, running = self._units(exp)
+            if s in self.studies:
+                work.search += search
+                work.validate += validate
+                work.running += running
+            elif self._may_validate(exp):
+                work.others += validate
+                work.running += running + int(bool(search) and self._progressing(exp))
+        return work
+
+    def _may_validate(self, exp: Experiment) -> bool:
+        """Whether this worker may run the jobs of another study: not if it is pinned to another precision
+        (then it is dropped, with one line)."""
+        pinned = recorded_precision(exp.phases[0].trials)
+        if pinned is None or pinned[1] == self.precision:
+            return True
+        _log.warning(
+            "not validating %s: its trials run in %s, this worker's in %s",
+            exp.main.name, pinned[1], self.precision,
+        )  # fmt: skip
+        self.others = [s for s in self.others if s.name != exp.main.name]
+        return False
+
+    def _progressing(self, exp: Experiment) -> bool:
+        """Whether another study's unfinished search changed (a trial more, or one more finished) within the
+        grace period, as this worker saw it."""
+        trials = [t for p in [*exp.phases, *exp.windows] for t in p.trials]
+        mark, now = (len(trials), _finished(trials)), time.monotonic()
+        seen = self._progress.get(exp.main.name)
+        if seen is None or seen[0] != mark:
+            self._progress[exp.main.name] = (mark, now)
+            return True
+        return now - seen[1] <= self.grace
 
 
 def _finished(trials: list[FrozenTrial]) -> int:

@@ -12,6 +12,7 @@ of two workers starting at the same instant in different precisions, one is refu
 from __future__ import annotations
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from skiptune.errors import SkiptuneError
 from skiptune.search.records import PRECISION_ATTR, PRECISION_PIN_ATTR, claim_study_attr, fresh_trials
@@ -20,7 +21,12 @@ from skiptune.search.study import StoredStudy
 
 def study_precision(storage: optuna.storages.BaseStorage, study_id: int) -> tuple[int, str] | None:
     """(number, precision) of the study's first trial that records a precision; None before any."""
-    for frozen in sorted(fresh_trials(storage, study_id), key=lambda t: t.number):
+    return recorded_precision(fresh_trials(storage, study_id))
+
+
+def recorded_precision(trials: list[FrozenTrial]) -> tuple[int, str] | None:
+    """(number, precision) of the first of ``trials`` that records a precision; None before any."""
+    for frozen in sorted(trials, key=lambda t: t.number):
         precision = frozen.user_attrs.get(PRECISION_ATTR)
         if precision is not None:
             return frozen.number, str(precision)
