@@ -18,11 +18,19 @@ export SKIPTUNE_TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:543
 
 .PHONY: test demo demo-latent-smoke lint venv clean test-latest test-oldest lock
 
-$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+PIP_INSTALL = $(PY) -m pip install -q --no-compile $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) $(if $(UPGRADE),--upgrade)
+
+# What the demo needs: PyTorch and the package with its runtime dependencies, no bytecode compiled ahead
+# (the modules a run imports are compiled then; ahead of time pip compiles all of PyTorch: 15 s more).
+$(VENV)/.runtime: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) $(if $(UPGRADE),--upgrade) -e '.[dev,postgres]'
+	$(PY) -m pip install -q --no-compile $(TORCH_SPEC)
+	$(PIP_INSTALL) -e .
+	touch $@
+
+# What the tests need besides: the test and lint tools, PostgreSQL's driver, diffusers, gRPC.
+$(VENV)/.installed: $(VENV)/.runtime
+	$(PIP_INSTALL) -e '.[dev,postgres]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -49,7 +57,7 @@ lock:
 	  | grep -v -i -E '^(nvidia|torch|triton|cuda|skiptune)'; } > constraints/tested.new
 	mv constraints/tested.new constraints/tested.txt
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.runtime
 	$(VENV)/bin/skiptune demo
 
 # The demo-latent recipe end to end on the CPU with tiny networks (a few minutes): VAE, UNet + text
