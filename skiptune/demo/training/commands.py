@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,8 @@ import torch
 
 from skiptune.demo.training.classifier import ClassifierTrainConfig
 from skiptune.demo.training.diffusion import DiffusionTrainConfig
+from skiptune.demo.training.steps import LogFn
 from skiptune.devices import resolve_device
-
-LogFn = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -147,9 +145,7 @@ def run_classifier(command: ClassifierCommand, emit: LogFn, device: torch.device
     result = train_classifier(images, labels, config=command.config, device=device, log=emit)
     test_acc = accuracy(result.model, test_images, test_labels)
     train_acc = accuracy(result.model, images[:10_000], labels[:10_000])
-    save_classifier(
-        result.model, command.out, metadata={"test_accuracy": test_acc, "steps": result.steps}
-    )
+    save_classifier(result.model, command.out, metadata={"test_accuracy": test_acc, "steps": result.steps})
     return {
         "what": "classifier",
         "out": str(command.out),

@@ -22,10 +22,9 @@ from skiptune.demo.training.data import EpochSampler, random_xflip, to_unit_rang
 from skiptune.demo.training.device import autocast
 from skiptune.demo.training.edm_loss import EDMLoss
 from skiptune.demo.training.ema import ema_beta, ema_update
+from skiptune.demo.training.steps import LogFn, StepLog
 from skiptune.errors import SkiptuneError
 from skiptune.nets.edm import EDMPrecond
-
-LogFn = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -164,18 +163,15 @@ def train_diffusion(
     data = images.to(device)
     sampler = EpochSampler(data.shape[0], config.batch_size, device=device, generator=gen)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
-    losses: list[dict[str, float]] = []
-    running = torch.zeros((), device=device)
-    seen, step, start = 0, 0, time.perf_counter()
-    last_ckpt = start
-    while step < config.steps:
+    steps = StepLog(steps=config.steps, max_seconds=config.max_seconds, log_every=config.log_every, log=log)
+    seen, last_ckpt = 0, steps.start
+    while steps.running():
         batch = to_unit_range(data[sampler.next()])
         if config.xflip:
             batch = random_xflip(batch, generator=gen)
         lr = config.lr * min(seen / max(config.lr_warmup_images, 1), 1.0)  # linear warm-up (EDM)
-        running += _train_step(net, opt, batch, lr=lr, device=device)
+        loss = _train_step(net, opt, batch, lr=lr, device=device)
         seen += batch.shape[0]
-        step += 1
         beta = ema_beta(
             batch_size=batch.shape[0],
             images_seen=config.resume_images + seen,
@@ -183,22 +179,14 @@ def train_diffusion(
             rampup_ratio=config.ema_rampup_ratio,
         )
         ema_update(ema, net, beta=beta)
-        elapsed = time.perf_counter() - start
-        done = step >= config.steps or (config.max_seconds is not None and elapsed >= config.max_seconds)
-        if step % config.log_every == 0 or done:
-            n = step % config.log_every or config.log_every
-            entry = {"step": step, "images": seen, "seconds": round(elapsed, 2), "loss": float(running) / n}
-            losses.append(entry)
-            running.zero_()
-            if log:
-                log(entry)
+        done = steps.add(loss, images=seen)
         every = config.checkpoint_every_seconds
         if checkpoint and every and time.perf_counter() - last_ckpt > every:
             checkpoint(ema)
             last_ckpt = time.perf_counter()
         if done:
             break
-    seconds = time.perf_counter() - start
     return DiffusionTrainResult(
-        ema=ema, steps=step, images_seen=seen, seconds=seconds, losses=losses, config=asdict(config)
-    )
+        ema=ema, steps=steps.step, images_seen=seen, seconds=steps.seconds, losses=steps.entries,
+        config=asdict(config),
+    )  # fmt: skip

@@ -13,8 +13,6 @@ gets saved.
 from __future__ import annotations
 
 import copy
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,11 +25,10 @@ from skiptune.demo.training.ema import ema_beta, ema_update
 from skiptune.demo.training.latent.components import UNet
 from skiptune.demo.training.latent.prompts import CLASS_NAMES, TEMPLATES, UNCONDITIONAL, training_prompts
 from skiptune.demo.training.latent.vp_loss import VPEpsilonLoss
+from skiptune.demo.training.steps import LogFn, StepLog
 
 if TYPE_CHECKING:
     from transformers import CLIPTextModel, CLIPTokenizer
-
-LogFn = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -104,10 +101,9 @@ def train_denoiser(
     mean, std = latents
     sampler = EpochSampler(mean.shape[0], config.batch_size, device=device, generator=gen)
     opt = torch.optim.AdamW(pair.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    losses: list[dict[str, float]] = []
-    running = torch.zeros((), device=device)
-    seen, step, start = 0, 0, time.perf_counter()
-    while step < config.steps:
+    steps = StepLog(steps=config.steps, max_seconds=config.max_seconds, log_every=config.log_every, log=log)
+    seen = 0
+    while steps.running():
         idx = sampler.next()
         noise = torch.randn(mean[idx].shape, device=device, generator=gen)
         z0 = (mean[idx] + std[idx] * noise) * scaling_factor
@@ -120,24 +116,13 @@ def train_denoiser(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(pair.parameters(), 1.0)
         opt.step()
-        running += loss.detach()
         seen += z0.shape[0]
-        step += 1
         beta = ema_beta(batch_size=z0.shape[0], images_seen=seen, halflife_images=config.ema_halflife_images,
                         rampup_ratio=config.ema_rampup_ratio)  # fmt: skip
         ema_update(ema, pair, beta=beta)
-        elapsed = time.perf_counter() - start
-        done = step >= config.steps or (config.max_seconds is not None and elapsed >= config.max_seconds)
-        if step % config.log_every == 0 or done:
-            n = step % config.log_every or config.log_every
-            entry = {"step": step, "images": seen, "seconds": round(elapsed, 2), "loss": float(running) / n}
-            losses.append(entry)
-            running.zero_()
-            if log:
-                log(entry)
-        if done:
+        if steps.add(loss, images=seen):
             break
     return DenoiserTrainResult(
-        unet=ema.unet, text_encoder=ema.text_encoder, steps=step, images_seen=seen,
-        seconds=time.perf_counter() - start, losses=losses, config=asdict(config),
+        unet=ema.unet, text_encoder=ema.text_encoder, steps=steps.step, images_seen=seen,
+        seconds=steps.seconds, losses=steps.entries, config=asdict(config),
     )  # fmt: skip

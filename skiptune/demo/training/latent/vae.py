@@ -9,8 +9,6 @@ No perceptual or adversarial term (no pretrained network exists here); the laten
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,8 +17,7 @@ import torch
 from skiptune.demo.training.data import EpochSampler, random_xflip, to_unit_range
 from skiptune.demo.training.device import autocast
 from skiptune.demo.training.latent.components import VAE
-
-LogFn = Callable[[dict[str, Any]], None]
+from skiptune.demo.training.steps import LogFn, StepLog
 
 
 @dataclass(frozen=True)
@@ -43,9 +40,7 @@ class VAETrainResult:
     config: dict[str, Any]
 
 
-def vae_loss(
-    vae: VAE, batch: torch.Tensor, *, kl_weight: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def vae_loss(vae: VAE, batch: torch.Tensor, *, kl_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(total loss, reconstruction MSE) of one batch in [-1, 1]; the latent is drawn from q(z|x)."""
     posterior = vae.encode(batch).latent_dist
     recon = vae.decode(posterior.sample()).sample
@@ -64,10 +59,11 @@ def train_vae(
     data = images.to(device)
     sampler = EpochSampler(data.shape[0], config.batch_size, device=device, generator=gen)
     opt = torch.optim.Adam(vae.parameters(), lr=config.lr)
-    losses: list[dict[str, float]] = []
-    running = torch.zeros(2, device=device)
-    step, start = 0, time.perf_counter()
-    while step < config.steps:
+    steps = StepLog(
+        steps=config.steps, max_seconds=config.max_seconds, log_every=config.log_every, log=log,
+        names=("loss", "mse"),
+    )  # fmt: skip
+    while steps.running():
         batch = random_xflip(to_unit_range(data[sampler.next()]), generator=gen)
         with autocast(device):
             loss, mse = vae_loss(vae, batch, kl_weight=config.kl_weight)
@@ -75,23 +71,12 @@ def train_vae(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
-        running += torch.stack([loss.detach(), mse])
-        step += 1
-        elapsed = time.perf_counter() - start
-        done = step >= config.steps or (config.max_seconds is not None and elapsed >= config.max_seconds)
-        if step % config.log_every == 0 or done:
-            n = step % config.log_every or config.log_every
-            total, rec = (running / n).tolist()
-            entry = {"step": step, "seconds": round(elapsed, 2), "loss": total, "mse": rec}
-            losses.append(entry)
-            running.zero_()
-            if log:
-                log(entry)
-        if done:
+        if steps.add(loss, mse):
             break
-    seconds = time.perf_counter() - start
     vae = vae.eval().requires_grad_(False)
-    return VAETrainResult(vae=vae, steps=step, seconds=seconds, losses=losses, config=asdict(config))
+    return VAETrainResult(
+        vae=vae, steps=steps.step, seconds=steps.seconds, losses=steps.entries, config=asdict(config)
+    )
 
 
 @torch.no_grad()
