@@ -167,3 +167,18 @@ def test_training_entry_point_imports_no_service_dependencies() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_step_log_means_each_span_and_stops_at_steps_or_seconds() -> None:
+    from skiptune.demo.training.steps import StepLog
+
+    seen: list[dict] = []
+    steps = StepLog(steps=5, max_seconds=None, log_every=2, log=seen.append, names=("loss", "mse"))
+    stopped = [steps.add(torch.tensor(float(i)), torch.tensor(10.0 * i), images=8 * i) for i in range(1, 6)]
+    assert stopped == [False, False, False, False, True] and not steps.running()
+    assert [(e["step"], e["images"], e["loss"], e["mse"]) for e in seen] == [
+        (2, 16, 1.5, 15.0), (4, 32, 3.5, 35.0), (5, 40, 5.0, 50.0),  # the last span: its one step
+    ]  # fmt: skip
+    assert seen == steps.entries and list(seen[0]) == ["step", "images", "seconds", "loss", "mse"]
+    timed = StepLog(steps=10**9, max_seconds=0.0, log_every=100)
+    assert timed.add(torch.tensor(1.0)) and timed.entries[0]["step"] == 1  # out of time: stops, logs
