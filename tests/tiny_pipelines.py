@@ -148,3 +148,22 @@ def make_cli_assets(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
                            extractor=ext.name, channels=3)  # fmt: skip
     save_reference(stats, reference)
     return folder, prompts, extractor, reference
+
+
+def make_clip_folder(root: Path, *, seed: int = 0) -> Path:
+    """A tiny random CLIPModel (8-dim projections, 32x32 input images) with the tiny tokenizer and a
+    CLIPImageProcessor, saved by transformers' own ``save_pretrained`` at ``root``."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    text = dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2, max_position_embeddings=8, bos_token_id=0, eos_token_id=1,
+                pad_token_id=1)  # fmt: skip
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=32, patch_size=8)  # fmt: skip
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(str(root))
+    tokenizer.save_pretrained(str(root))
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor.save_pretrained(str(root))
+    return root

@@ -59,6 +59,9 @@ examples:
 Text-conditional models (Stable Diffusion pipeline folders) need --prompts: sample i is conditioned on
 prompt (seed mod P). The prompts, negative prompt and guidance scale are part of the study's identity.
 One guided evaluation (conditional and unconditional halves in one batch of twice the size) is one NFE.
+--clip-guard PATH (a local CLIP folder) adds the prompt-alignment guard to their validation: a pair whose
+mean CLIP score on the held-out samples drops below the baseline's by more than the threshold's standard
+errors is not recommended.
 """
 
 
@@ -130,6 +133,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also search a sigma window [lo, hi] inside this range (log scale); default: off",
     )
     add_conditioning_options(create)
+    create.add_argument(
+        "--clip-guard", type=Path, default=None, metavar="PATH",
+        help="text models: a local CLIP model folder; validation also scores each held-out sample's CLIP "
+        "alignment with its prompt and never recommends a pair whose mean CLIP score drops significantly",
+    )  # fmt: skip
     add_validation_options(create)
     add_storage(create)
     add_json(create)
@@ -170,6 +178,12 @@ def _create(args: argparse.Namespace) -> int:
     )
     url = normalize_url(storage_url(args))  # fail fast on a bad URL, before loading anything
     conditioning = conditioning_from_args(args)  # a bad prompts file too
+    if args.clip_guard is not None and (conditioning is None or args.no_validate):
+        raise SkiptuneError(
+            "--clip-guard needs a text-to-image study (a pipeline folder with --prompts FILE): it compares "
+            "each image with its prompt during validation" if conditioning is None else
+            "--clip-guard acts in validation; drop --no-validate"
+        )  # fmt: skip
     loaded = load_model(args.model, device="cpu")
     specs = study_specs(
         loaded,
@@ -189,6 +203,12 @@ def _create(args: argparse.Namespace) -> int:
     validation = None if args.no_validate else validation_settings(args, n_trials=args.trials)
     if validation is not None:
         validation.check_disjoint(args.seed_base, args.n_samples)
+    if validation is not None and args.clip_guard is not None:
+        from skiptune.objectives.clip_score import load_clip_scorer
+
+        scorer = load_clip_scorer(args.clip_guard)  # a bad folder is one line, before any study is written
+        guard = str(args.clip_guard.resolve())
+        validation = replace(validation, clip_guard=guard, clip_sha256=scorer.identity)
     storage = open_storage(url)  # after every check: a refused command leaves no database file behind
     results = create_studies(storage, [replace(s, validation=validation) for s in specs])
     if args.json:

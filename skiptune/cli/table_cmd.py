@@ -15,6 +15,8 @@ DESCRIPTION = """One row per study: its status, the headline gain (held-out, +- 
 validated; "(search)" marks the search's own, optimistically biased gain before that), the recommended
 pair and its sigma window ("all": every noise level; a window only where the window stage validated
 one that beats the pair on every level), and the search-seed distances of the baseline and of the pair.
+Studies with the prompt-alignment guard (--clip-guard) add a "CLIP" column: the held-out change of the
+mean CLIP score (points, +- one standard error) of the candidate the gain describes.
 
 examples:
   skiptune table --model demo
@@ -50,6 +52,11 @@ def _gain(row: dict[str, object]) -> str:
     return f"{100 * gain:+.1f}±{100 * se:.1f}%" if isinstance(se, float) else f"{100 * gain:+.1f}%"
 
 
+def _clip(row: dict[str, object]) -> str:
+    change, se = row.get("clip_change"), row.get("clip_change_se")
+    return f"{change:+.2f}±{se:.2f}" if isinstance(change, float) and isinstance(se, float) else "-"
+
+
 def _window(row: dict[str, object]) -> str:
     """The answer's sigma window, or "all"; with the full-range gain it beat (held-out)."""
     window = row["sigma_window"]
@@ -71,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title=f"Skip-Tuning: {args.model}")
-    columns = (
+    columns: tuple[str, ...] = (
         "sampler",
         "NFE",
         "status",
@@ -84,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
         "trials",
         "study",
     )
+    clip = any(r.get("clip_change") is not None for r in rows)
+    if clip:
+        columns = (*columns[:4], "CLIP", *columns[4:])
     for col in columns:
         table.add_column(col, justify="left" if col in ("sampler", "status", "study") else "right")
     for r in rows:
@@ -92,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
             str(r["nfe"]),
             r["status"],
             _gain(r),
+            *([_clip(r)] if clip else []),
             _fmt(r["rho_bottom"], ".3f"),
             _fmt(r["rho_top"], ".3f"),
             _window(r),

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +24,9 @@ from skiptune.objectives.reference import ReferenceStats, check_compatible
 from skiptune.objectives.spec import ObjectiveSpec
 from skiptune.sampling import SAMPLERS, bind_conditioning, generate_images, image_shape
 from skiptune.skips import SkipSchedule, skip_tuning
+
+if TYPE_CHECKING:
+    from skiptune.objectives.clip_score import ClipScorer
 
 
 class FDObjective:
@@ -129,40 +133,68 @@ class FDObjective:
                 yield rung, self._distance(stats)
 
     def block_stats(
-        self, schedule: SkipSchedule, *, seed_base: int, bounds: list[tuple[int, int]]
+        self,
+        schedule: SkipSchedule,
+        *,
+        seed_base: int,
+        bounds: list[tuple[int, int]],
+        clip: ClipScorer | None = None,
+        clip_sums: list[float] | None = None,
     ) -> list[FeatureStats]:
-        """Feature statistics of seeds ``seed_base + start .. seed_base + stop - 1`` per ``(start, stop)``."""
+        """Feature statistics of seeds ``seed_base + start .. seed_base + stop - 1`` per ``(start, stop)``;
+        with ``clip``, each block's sum of CLIP scores (image with its prompt) appended to ``clip_sums``."""
         if seed_base < 0:
             raise SkiptuneError(f"bad held-out seed base {seed_base}: expected a non-negative integer")
+        prompts = self.spec.conditioning.prompts if self.spec.conditioning is not None else ()
+        if clip is not None and (not prompts or clip_sums is None):
+            raise SkiptuneError("the CLIP guard scores text-to-image samples with their prompts; this "
+                                "objective has no prompts")  # fmt: skip
         device = getattr(self.extractor, "device", self.device)
         side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         per_block = []
         with skip_tuning(self.denoiser, schedule):
             for start, stop in bounds:
                 stats = FeatureStats(self.extractor.feature_dim, device=device)
+                seeds, done, clip_sum = range(seed_base + start, seed_base + stop), 0, 0.0
                 for batch in generate_images(
                     self.denoiser,
                     sampler=self.sampler,
                     nfe=self.nfe,
-                    seeds=range(seed_base + start, seed_base + stop),
+                    seeds=seeds,
                     batch_size=self.batch_size,
                     device=self.device,
                     settings=self.sampler_settings,
                 ):
                     self._extract(batch, stats, side)
+                    if clip is not None:
+                        chunk = seeds[done : done + batch.shape[0]]
+                        texts = [prompts[s % len(prompts)] for s in chunk]
+                        clip_sum += float(clip.scores(batch, texts).sum())
+                    done += int(batch.shape[0])
                 per_block.append(stats)
+                if clip_sums is not None:
+                    clip_sums.append(clip_sum)
         if side is not None:
             side.synchronize()
         return per_block
 
     def block_distances(
-        self, schedule: SkipSchedule, *, seed_base: int, n_samples: int, blocks: int
+        self,
+        schedule: SkipSchedule,
+        *,
+        seed_base: int,
+        n_samples: int,
+        blocks: int,
+        clip: ClipScorer | None = None,
     ) -> BlockDistances:
         """Held-out distances of seeds ``seed_base .. seed_base + n_samples - 1`` under ``schedule``: over
-        all of them and with each of ``blocks`` contiguous blocks left out (``objectives.holdout``)."""
+        all of them and with each of ``blocks`` contiguous blocks left out (``objectives.holdout``); with
+        ``clip``, also each block's sum of CLIP scores (the prompt-alignment guard)."""
         bounds = block_bounds(n_samples, blocks)
-        per_block = self.block_stats(schedule, seed_base=seed_base, bounds=bounds)
-        return from_block_stats(per_block, self._distance, seed_base=seed_base)
+        sums: list[float] | None = [] if clip is not None else None
+        per_block = self.block_stats(schedule, seed_base=seed_base, bounds=bounds, clip=clip, clip_sums=sums)
+        result = from_block_stats(per_block, self._distance, seed_base=seed_base)
+        return result if sums is None else replace(result, clip_sums=tuple(sums))
 
     def _extract(self, batch: torch.Tensor, stats: FeatureStats, side: torch.cuda.Stream | None) -> None:
         """Features of one batch; on CUDA on a side stream, overlapping the next batch's sampling."""

@@ -6,6 +6,8 @@ block b (float64): one pass over the images gives the full distance and the ``bl
 distances a delete-a-group jackknife needs (``skiptune.search.experiment.validation`` turns those into a
 standard error). Seeds, not batches, define the blocks, so batch size and device never change them.
 This module is the blocks' arithmetic; ``FDObjective.block_distances`` (``fid.py``) samples them.
+With the prompt-alignment guard a job also records each block's sum of CLIP scores (``clip_sums``); the
+mean score over all samples and without each block follow from those sums and the block sizes.
 """
 
 from __future__ import annotations
@@ -27,14 +29,27 @@ class BlockDistances:
     leave_one_out: tuple[float, ...]
     n_samples: int
     seed_base: int
+    clip_sums: tuple[float, ...] | None = None  # per block: the sum of its samples' CLIP scores (guard on)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "value": self.value,
             "leave_one_out": list(self.leave_one_out),
             "n_samples": self.n_samples,
             "seed_base": self.seed_base,
         }
+        if self.clip_sums is not None:
+            out["clip_sums"] = list(self.clip_sums)
+        return out
+
+    def clip_means(self) -> tuple[float, tuple[float, ...]] | None:
+        """The mean CLIP score over all samples and without each block (None: not recorded)."""
+        if self.clip_sums is None:
+            return None
+        sizes = [stop - start for start, stop in block_bounds(self.n_samples, len(self.clip_sums))]
+        total = sum(self.clip_sums)
+        rest = tuple((total - s) / (self.n_samples - n) for s, n in zip(self.clip_sums, sizes, strict=True))
+        return total / self.n_samples, rest
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BlockDistances:
@@ -43,6 +58,7 @@ class BlockDistances:
             leave_one_out=tuple(float(v) for v in data["leave_one_out"]),
             n_samples=int(data["n_samples"]),
             seed_base=int(data["seed_base"]),
+            clip_sums=tuple(float(v) for v in data["clip_sums"]) if "clip_sums" in data else None,
         )
 
 

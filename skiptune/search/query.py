@@ -55,6 +55,13 @@ class BestCoefficients:
     # the window stage's best validated window, won or not: sigma_window, holdout_value, gain and gain_se
     # over the baseline, gain_vs_full and gain_vs_full_se over the full-range answer, chosen
     window: dict[str, Any] | None = None
+    # the prompt-alignment guard (studies created with --clip-guard, once validated): the held-out mean
+    # CLIP score of the baseline, and the change (candidate - baseline, points) with its s.e. for the
+    # candidate `gain` describes; the pairs the guard left out (their CLIP score dropped significantly)
+    clip_baseline: float | None = None
+    clip_change: float | None = None
+    clip_change_se: float | None = None
+    clip_rejected: list[dict[str, float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,7 +150,21 @@ def answer_of(exp: Experiment) -> BestCoefficients | None:
         box=exp.box.to_dict(),
         full_range=_full_range(exp.full_range_decision()) if decision is not None else None,
         window=_window(decision) if decision is not None else None,
+        **_clip(exp, decision),
     )
+
+
+def _clip(exp: Experiment, decision: Decision | None) -> dict[str, Any]:
+    """The guard's fields of the answer (none for a study without the guard, or before its decision)."""
+    if decision is None or exp.settings is None or exp.settings.clip_guard is None:
+        return {}
+    best = decision.best
+    return {
+        "clip_baseline": best.clip_baseline,
+        "clip_change": best.clip_change,
+        "clip_change_se": best.clip_change_se,
+        "clip_rejected": [dict(c.params) for c in decision.clip_rejected],
+    }
 
 
 def _full_range(decision: Decision | None) -> dict[str, Any] | None:
@@ -241,7 +262,7 @@ def _answer_columns(answer: BestCoefficients | None) -> dict[str, Any]:
         keys = ("rho_bottom", "rho_top", "sigma_window", "value", "improvement", "gain", "gain_se")
         return {**dict.fromkeys(keys), "baseline_value": None, "improvement_source": None,
                 "holdout_samples": None, "validated": False, "search_best": None,
-                "full_range": None, "window": None}  # fmt: skip
+                "full_range": None, "window": None, "clip_change": None, "clip_change_se": None}  # fmt: skip
     if answer.validated:
         improvement = answer.gain if answer.status == VALIDATED else 0.0
         source = "held-out"
@@ -264,4 +285,6 @@ def _answer_columns(answer: BestCoefficients | None) -> dict[str, Any]:
         "search_best": answer.search_best,
         "full_range": answer.full_range,
         "window": answer.window,
+        "clip_change": answer.clip_change,
+        "clip_change_se": answer.clip_change_se,
     }

@@ -40,6 +40,8 @@ class ValidationSettings:
     window_candidates: int = 2  # window stage: screened windows validated on the held-out seeds
     refine_trials: int = 0  # refinement: search trials in a small box around the answer (0: none)
     refine_radius: float = 0.1  # refinement box half-width, as a fraction of the search box's width
+    clip_guard: str | None = None  # prompt-alignment guard: a local CLIP folder (absolute path; None: off)
+    clip_sha256: str | None = None  # that folder's identity (``objectives.clip_score``), checked by workers
 
     def __post_init__(self) -> None:
         block_bounds(self.n_samples, self.blocks)  # a clear error for too few samples per block
@@ -58,6 +60,8 @@ class ValidationSettings:
         for ok, what, expected in checks:
             if not ok:
                 raise SkiptuneError(f"bad validation {what}: expected {expected}")
+        if (self.clip_guard is None) != (self.clip_sha256 is None):
+            raise SkiptuneError("bad validation CLIP guard: expected a folder and its identity, or neither")
         check_seed_range(self.seed_base, self.n_samples, "held-out seed base", "--validate-seed-base")
 
     def check_disjoint(self, search_seed_base: int, search_samples: int) -> None:
@@ -84,7 +88,7 @@ class ValidationSettings:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ValidationSettings:
         """Settings as stored; keys a study stored before they existed keep that study's behaviour:
-        the fixed threshold, no window stage, no refinement."""
+        the fixed threshold, no window stage, no refinement, no CLIP guard."""
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**{**_BEFORE_STAGES, **known})
 

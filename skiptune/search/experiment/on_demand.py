@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import optuna
@@ -24,6 +25,8 @@ def request_validation(
     """Write the settings (refusing a change once a round exists), then enqueue the pending candidates."""
     wanted.check_disjoint(search_seeds(study)[0], search_seeds(study)[1])
     exp = load_experiment(storage, study)
+    if exp.settings is not None:  # the CLIP guard is the study's, set at creation (`validate` keeps it)
+        wanted = replace(wanted, clip_guard=exp.settings.clip_guard, clip_sha256=exp.settings.clip_sha256)
     if exp.settings is not None and exp.rounds and _fixed(exp.settings) != _fixed(wanted):
         raise SkiptuneError(
             f"study {study.name!r} was validated with {exp.settings.to_dict()}; held-out results must be "

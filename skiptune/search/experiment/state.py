@@ -140,7 +140,8 @@ class Experiment:
             results.pop(key, None)
         if base is None or not results:
             return None
-        return decide(base[0], base[1], list(results.values()), threshold=self.settings.critical)
+        return decide(base[0], base[1], list(results.values()), threshold=self.settings.critical,
+                      clip_guard=self.settings.clip_guard is not None)  # fmt: skip
 
     def decision(self) -> Decision | None:
         """The answer: the full-range decision, or a validated window of its pair that beats it too."""
@@ -151,7 +152,8 @@ class Experiment:
         windowed = [results[k] for k in self.window_jobs() if k in results]
         base = results[param_key(BASELINE_PARAMS)]
         answer = results.get(param_key(full.params), base)
-        return prefer_window(full, answer[1], base[0], base[1], windowed, threshold=self.settings.critical)
+        return prefer_window(full, answer[1], base[0], base[1], windowed, threshold=self.settings.critical,
+                             clip_guard=self.settings.clip_guard is not None)  # fmt: skip
 
     def status(self) -> str:
         if self.settings is None:

@@ -21,6 +21,13 @@ gain over the baseline exceeds the critical value in standard errors; otherwise 
 among themselves by the same rule, and a windowed answer replaces the full-range one only if its paired
 gain over the full-range answer, on the same blocks, also exceeds the critical value (``prefer_window``).
 
+Prompt-alignment guard (text-to-image studies created with ``--clip-guard``). Each job also records its
+blocks' sums of per-sample CLIP scores (``objectives.clip_score``), so the change of the mean CLIP score
+(candidate - baseline, paired per (seed, prompt)) has the same jackknife s.e. over the same blocks. A
+candidate whose score drops by more than the critical value in standard errors (``clip_drops``) is not
+recommended: it is left out before the rule above picks the best, and if none is left the answer is
+(1, 1), ``no-gain``.
+
 Calibration (settings: ``skiptune.search.settings``). ``threshold`` (default 2) is a number of standard
 errors *as if normal*. With B blocks the jackknife s.e. has B - 1 degrees of freedom, so the gain / s.e.
 ratio is t-distributed, heavier-tailed than a normal: a fixed 2 covered ~88-92% (docs/results.md).
@@ -55,6 +62,10 @@ class Comparison:
     relative_gain: float  # gain / baseline
     relative_gain_se: float
     n_samples: int
+    clip_value: float | None = None  # mean CLIP score of the candidate (guard on; None: not recorded)
+    clip_baseline: float | None = None  # mean CLIP score of the baseline
+    clip_change: float | None = None  # candidate - baseline (< 0: the candidate matches its prompts less)
+    clip_change_se: float | None = None
 
     @property
     def z(self) -> float:
@@ -81,6 +92,12 @@ def compare(params: dict[str, float], candidate: BlockDistances, baseline: Block
             f"({candidate.seed_base}+{candidate.n_samples} vs {baseline.seed_base}+{baseline.n_samples})"
         )
     pairs = list(zip(baseline.leave_one_out, candidate.leave_one_out))
+    clip: dict[str, float] = {}
+    mine, theirs = candidate.clip_means(), baseline.clip_means()
+    if mine is not None and theirs is not None:
+        paired = [c - b for c, b in zip(mine[1], theirs[1], strict=True)]
+        clip = dict(clip_value=mine[0], clip_baseline=theirs[0], clip_change=mine[0] - theirs[0],
+                    clip_change_se=_jackknife_se(paired))  # fmt: skip
     return Comparison(
         params=dict(params),
         value=candidate.value,
@@ -90,6 +107,7 @@ def compare(params: dict[str, float], candidate: BlockDistances, baseline: Block
         relative_gain=(baseline.value - candidate.value) / baseline.value,
         relative_gain_se=_jackknife_se([(b - c) / b for b, c in pairs]),
         n_samples=candidate.n_samples,
+        **clip,
     )
 
 
@@ -102,6 +120,16 @@ class Decision:
     full_range: Comparison | None = None  # with windowed candidates: the best full-range one
     window: Comparison | None = None  # with windowed candidates: the best windowed one
     versus_full: Comparison | None = None  # that window against the full-range answer (gain > 0: better)
+    clip_rejected: tuple[Comparison, ...] = ()  # candidates the prompt-alignment guard left out
+
+
+def clip_drops(comparison: Comparison, *, threshold: float) -> bool:
+    """Whether the candidate's mean CLIP score falls below the baseline's by more than ``threshold`` s.e.
+    (or was not recorded: a guarded study recommends only what it measured)."""
+    change, se = comparison.clip_change, comparison.clip_change_se
+    if change is None or se is None:
+        return True
+    return change < 0 and -change > threshold * se
 
 
 def _distance_to_identity(params: dict[str, float]) -> float:
@@ -114,15 +142,19 @@ def decide(
     candidates: Sequence[tuple[dict[str, float], BlockDistances]],
     *,
     threshold: float,
+    clip_guard: bool = False,
 ) -> Decision:
-    """The recommendation among validated ``candidates`` (see the module docstring for the rule)."""
+    """The recommendation among validated ``candidates`` (see the module docstring for the rule);
+    ``clip_guard``: leave out candidates whose CLIP score drops significantly (``clip_drops``)."""
     if not candidates:
         raise SkiptuneError("no validated candidate to decide on; run the validation jobs first")
     comparisons = tuple(compare(p, d, baseline) for p, d in candidates)
-    best = min(comparisons, key=lambda c: (c.value, -c.z, _distance_to_identity(c.params)))
-    significant = best.gain > 0 and best.gain > threshold * best.gain_se
+    rejected = tuple(c for c in comparisons if clip_guard and clip_drops(c, threshold=threshold))
+    allowed = [c for c in comparisons if c not in rejected]
+    best = min(allowed or comparisons, key=lambda c: (c.value, -c.z, _distance_to_identity(c.params)))
+    significant = bool(allowed) and best.gain > 0 and best.gain > threshold * best.gain_se
     params = best.params if significant else dict(baseline_params)
-    return Decision(VALIDATED if significant else NO_GAIN, params, best, comparisons)
+    return Decision(VALIDATED if significant else NO_GAIN, params, best, comparisons, clip_rejected=rejected)
 
 
 def prefer_window(
@@ -133,6 +165,7 @@ def prefer_window(
     windowed: Sequence[tuple[dict[str, float], BlockDistances]],
     *,
     threshold: float,
+    clip_guard: bool = False,
 ) -> Decision:
     """The answer among the full-range decision ``full`` and ``windowed`` candidates (the same pair in a
     sigma window), on the same held-out blocks. ``full_answer``: the held-out distances of ``full.params``
@@ -141,12 +174,14 @@ def prefer_window(
     of their paired difference; otherwise the full-range answer stands, with the window's evidence."""
     if not windowed:
         return full
-    inner = decide(baseline_params, baseline, windowed, threshold=threshold)
+    inner = decide(baseline_params, baseline, windowed, threshold=threshold, clip_guard=clip_guard)
     blocks = next(d for p, d in windowed if p == inner.best.params)
     versus = compare(inner.best.params, blocks, full_answer)
     wins = inner.status == VALIDATED and versus.gain > 0 and versus.gain > threshold * versus.gain_se
+    rejected = full.clip_rejected + inner.clip_rejected
     if not wins:
         return replace(full, comparisons=full.comparisons + inner.comparisons, full_range=full.best,
-                       window=inner.best, versus_full=versus)  # fmt: skip
+                       window=inner.best, versus_full=versus, clip_rejected=rejected)  # fmt: skip
     return Decision(VALIDATED, inner.params, inner.best, full.comparisons + inner.comparisons,
-                    full_range=full.best, window=inner.best, versus_full=versus)  # fmt: skip
+                    full_range=full.best, window=inner.best, versus_full=versus,
+                    clip_rejected=rejected)  # fmt: skip

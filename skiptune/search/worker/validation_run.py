@@ -10,6 +10,7 @@ this worker was paused dropped. A job is only ever *taken* (never created by
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import optuna
 import torch
@@ -66,6 +67,12 @@ def _run_job(
         trial.suggest_float(name, job_distribution(float(value)).low, job_distribution(float(value)).high)
     trial.set_user_attr(rec.PRECISION_ATTR, precision)
     trial.set_user_attr(rec.WORKER_ATTR, worker_id)
+    clip: dict[str, Any] = {}  # the prompt-alignment guard: CLIP scores of the same samples, per block
+    if settings.clip_guard is not None:
+        from skiptune.objectives.clip_score import cached_clip_scorer
+
+        device = str(getattr(objective, "device", "cpu"))
+        clip = {"clip": cached_clip_scorer(settings.clip_guard, settings.clip_sha256, device)}
     try:
         with stop.interruptible():
             result = objective.block_distances(
@@ -73,6 +80,7 @@ def _run_job(
                 seed_base=settings.seed_base,
                 n_samples=settings.n_samples,
                 blocks=settings.blocks,
+                **clip,
             )
     except WorkerStopped:
         return TrialOutcome(trial.number, "released" if release_trial(study, trial) else "dropped")
@@ -81,5 +89,6 @@ def _run_job(
         return TrialOutcome(trial.number, "failed")
     trial.set_user_attr(rec.HOLDOUT_ATTR, result.to_dict())
     study.tell(trial, result.value, state=TrialState.COMPLETE)
-    _log.info("validation job %d %s: held-out %.6g", trial.number, params, result.value)
+    mean = "" if result.clip_sums is None else f", CLIP score {sum(result.clip_sums) / result.n_samples:.4g}"
+    _log.info("validation job %d %s: held-out %.6g%s", trial.number, params, result.value, mean)
     return TrialOutcome(trial.number, "validated", result.value)
