@@ -77,7 +77,7 @@ def load_clip_scorer(path: str | Path, *, device: torch.device | str = "cpu") ->
             f"{root / 'config.json'}: model_type {config.get('model_type')!r}, expected clip (a CLIPModel "
             "with its text and vision towers)"
         )
-    model = transformers.CLIPModel(transformers.CLIPConfig.from_dict(config))
+    model: torch.nn.Module = transformers.CLIPModel(transformers.CLIPConfig.from_dict(config))
     load_state(model, read_safetensors(root, "model"), source=root, ignore_unexpected=("position_ids",))
     try:  # the CLIP classes themselves, never Auto* (which may import code named by the files)
         tokenizer = transformers.CLIPTokenizer.from_pretrained(str(root), local_files_only=True)
@@ -91,7 +91,7 @@ def load_clip_scorer(path: str | Path, *, device: torch.device | str = "cpu") ->
     for name in _FILES:
         if (root / name).is_file():
             digest.update(f"file {name}\n".encode() + (root / name).read_bytes())
-    model.to(torch.device(device))
+    model.to(device)
     return ClipScorer(model, tokenizer, processor, identity=digest.hexdigest())
 
 
