@@ -91,6 +91,14 @@ def test_progress_line_counts_every_kind_of_stage_and_estimates_time_left() -> N
     split = [WorkerGroup(frozenset({5}), 1), WorkerGroup(frozenset({9}), 1)]
     assert time_left([search, nine, coming], split) == pytest.approx(38.0)
     assert time_left([search, nine, coming], [WorkerGroup(None, 2)]) == pytest.approx(37.0)
+    # With --validate-others (the demo's per-NFE workers) both share the 30 s of validation: NFE 9's own
+    # 36 s search decides while it is longer than all 74 s of work over 2 workers (37 s), else the spread.
+    helping = [WorkerGroup(g.nfes, 1, validate_others=True) for g in split]
+    assert time_left([search, nine, coming], helping) == pytest.approx(37.0)
+    nine_late = _stage("search", 3, 4, nfe=9, busy_s=27.0, samples_done=300)  # the same 0.01 s rate
+    assert time_left([search, nine_late, coming], helping) == pytest.approx(
+        max(9.0, (8.0 + 9.0 + 30.0) / 2)
+    )
     assert time_left([nine], split) is None  # nothing finished yet: no rate
     assert describe([nine], split, 7.0).startswith("  0:07  workers starting: loading the model")
     assert describe([search, nine, coming], split, 75.0).endswith("| ~0:38 left")

@@ -131,7 +131,7 @@ def worker_groups(nfes: list[int], workers: int) -> list[WorkerGroup]:
     with more workers than NFEs, one group of all workers sharing every study."""
     if workers > len(nfes):
         return [WorkerGroup(None, workers)]
-    return [WorkerGroup(frozenset(nfes[i::workers]), 1) for i in range(workers)]
+    return [WorkerGroup(frozenset(nfes[i::workers]), 1, validate_others=True) for i in range(workers)]
 
 
 def _skiptune(*argv: str, quiet: bool = False) -> None:

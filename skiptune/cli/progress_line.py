@@ -22,10 +22,12 @@ _LABELS = {"grow": "growth", "refine": "refinement"}
 
 @dataclass(frozen=True)
 class WorkerGroup:
-    """``workers`` worker processes that share the studies of these NFEs (all NFEs: ``nfes`` None)."""
+    """``workers`` worker processes that share the studies of these NFEs (all NFEs: ``nfes`` None);
+    ``validate_others``: once done with their own, they run any NFE's validation jobs too."""
 
     nfes: frozenset[int] | None
     workers: int
+    validate_others: bool = False
 
 
 def clock(seconds: float) -> str:
@@ -49,17 +51,23 @@ def stage_counts(progress: Sequence[StageProgress]) -> str:
 
 
 def time_left(progress: Sequence[StageProgress], groups: Sequence[WorkerGroup]) -> float | None:
-    """Seconds until the slowest group of workers is done (None before the first unit finished)."""
+    """Seconds until the slowest group of workers is done (None before the first unit finished).
+
+    Groups that validate others' jobs share every validation job: then the estimate is the larger of
+    the slowest group's own other work and all the work left spread over all the workers."""
     rate = seconds_per_sample_nfe(progress)
     if rate is None:
         return None
-    return max(
-        (
-            seconds_left([p for p in progress if g.nfes is None or p.nfe in g.nfes], rate) / g.workers
-            for g in groups
-        ),
-        default=0.0,
-    )
+    shared = all(g.validate_others for g in groups) and bool(groups)
+
+    def own(g: WorkerGroup) -> float:
+        mine = [p for p in progress if (g.nfes is None or p.nfe in g.nfes)]
+        return seconds_left([p for p in mine if not (shared and p.stage == "validation")], rate) / g.workers
+
+    slowest = max((own(g) for g in groups), default=0.0)
+    if not shared:
+        return slowest
+    return max(slowest, seconds_left(progress, rate) / sum(g.workers for g in groups))
 
 
 def describe(progress: Sequence[StageProgress], groups: Sequence[WorkerGroup], elapsed: float) -> str:
