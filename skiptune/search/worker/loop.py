@@ -132,10 +132,7 @@ def run_worker(
     )  # fmt: skip
     factory = objective_factory or default_objective_factory
     worker_id = f"{socket.gethostname()}:{os.getpid()}:{worker_index}"
-    if seed is None:
-        seed = zlib.crc32(f"{worker_id}:{time.time_ns()}".encode()) & 0x7FFFFFFF
-    else:
-        seed += worker_index
+    seed = _worker_seed(worker_id, seed, worker_index)
     _log.info(
         "worker %s (seed %d): model %s loaded on %s (%s) after %.1f s; %d studies: %s%s", worker_id, seed,
         loaded.name, dev, precision_used, time.monotonic() - started, len(studies),
@@ -156,31 +153,55 @@ def run_worker(
             )
         return objectives[s.name]
 
-    summary = WorkerSummary(worker_id)
     stop = StopSignal()
     stop.install()
     try:
-        while not stop.requested and (max_trials is None or summary.evaluated < max_trials):
-            unit = guard.call(lambda: loop.next_unit(stop), stopped=lambda: stop.requested)
-            if unit is None:
-                break
-            objective = objective_for(unit.main)
-            held = Held()
-            unit_started = time.monotonic()
-            _log.info("%s: %s", unit.study_name, unit.describe())
-            try:
-                outcome = _run_unit(loop, unit, objective, worker_id, stop, precision_used, held)
-            except Exception as exc:  # the boundary: storage failures become a give-back or one line
-                if _is_device_failure(exc):
-                    raise _device_failure(exc, guard, held) from None
-                outcome = _give_back_after(exc, guard, held, stop)
-            if outcome is None:
-                continue  # another worker took the last job first
-            _log_outcome(unit, outcome, time.monotonic() - unit_started, time.monotonic() - started)
-            summary.outcomes.append(outcome)
+        summary = _serve(
+            loop, objective_for, guard, stop, precision_used, max_trials=max_trials, started=started
+        )
     finally:
         stop.uninstall()
     summary.stopped = stop.requested
+    return summary
+
+
+def _worker_seed(worker_id: str, seed: int | None, worker_index: int) -> int:
+    """``seed + worker_index``; without a seed, one from the worker's id and the clock."""
+    if seed is None:
+        return zlib.crc32(f"{worker_id}:{time.time_ns()}".encode()) & 0x7FFFFFFF
+    return seed + worker_index
+
+
+def _serve(
+    loop: _Loop,
+    objective_for: Callable[[StoredStudy], Objective],
+    guard: StorageGuard,
+    stop: StopSignal,
+    precision: str,
+    *,
+    max_trials: int | None,
+    started: float,
+) -> WorkerSummary:
+    """Run units until there are none left, ``max_trials`` were evaluated, or a stop was asked for."""
+    summary = WorkerSummary(loop.worker_id)
+    while not stop.requested and (max_trials is None or summary.evaluated < max_trials):
+        unit = guard.call(lambda: loop.next_unit(stop), stopped=lambda: stop.requested)
+        if unit is None:
+            break
+        objective = objective_for(unit.main)
+        held = Held()
+        unit_started = time.monotonic()
+        _log.info("%s: %s", unit.study_name, unit.describe())
+        try:
+            outcome = _run_unit(loop, unit, objective, loop.worker_id, stop, precision, held)
+        except Exception as exc:  # the boundary: storage failures become a give-back or one line
+            if _is_device_failure(exc):
+                raise _device_failure(exc, guard, held) from None
+            outcome = _give_back_after(exc, guard, held, stop)
+        if outcome is None:
+            continue  # another worker took the last job first
+        _log_outcome(unit, outcome, time.monotonic() - unit_started, time.monotonic() - started)
+        summary.outcomes.append(outcome)
     return summary
 
 
