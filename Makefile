@@ -41,7 +41,7 @@ lint: $(VENV)/.installed
 
 # PYTEST_ARGS: extra pytest arguments, e.g. PYTEST_ARGS='-m "not slow"' (CI's newest-releases job)
 test: lint
-	$(VENV)/bin/pytest -q -rs $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -rs --durations=15 $(PYTEST_ARGS)
 
 # The suite against the newest releases (no constraints) and against the oldest allowed ones; each in
 # its own venv. A failure here is news about a release, not about the code under test.
