@@ -153,8 +153,10 @@ def _worker_command(url: str, group: WorkerGroup, *, batch_size: int, seed: int)
     command = [sys.executable, "-m", "skiptune", "worker", "--model", "demo", "--device", "cpu",
                "--batch-size", str(batch_size), "--seed", str(seed), "--heartbeat", "2",
                "--storage", url]  # fmt: skip
-    if group.nfes is not None:  # its own NFEs' search; any NFE's validation jobs once those are done
-        command += ["--nfe", ",".join(map(str, sorted(group.nfes))), "--validate-others"]
+    if group.nfes is not None:
+        command += ["--nfe", ",".join(map(str, sorted(group.nfes)))]
+    if group.validate_others:  # its own NFEs' search; any NFE's validation jobs once those are done
+        command.append("--validate-others")
     return command
 
 

@@ -89,6 +89,7 @@ def _run_job(
         return TrialOutcome(trial.number, "failed")
     trial.set_user_attr(rec.HOLDOUT_ATTR, result.to_dict())
     study.tell(trial, result.value, state=TrialState.COMPLETE)
-    mean = "" if result.clip_sums is None else f", CLIP score {sum(result.clip_sums) / result.n_samples:.4g}"
+    clip_means = result.clip_means()
+    mean = "" if clip_means is None else f", CLIP score {clip_means[0]:.4g}"
     _log.info("validation job %d %s: held-out %.6g%s", trial.number, params, result.value, mean)
     return TrialOutcome(trial.number, "validated", result.value)
