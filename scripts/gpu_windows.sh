@@ -14,6 +14,11 @@
 # GPU), BATCH (2000), UNSEEN (20000 seeds from 3,000,000,000), BLOCKS (10), DEVICE (auto).
 # Estimated on one H100 with the defaults (from docs/results.md's throughput, not yet run): ~4-5 min of
 # workers (~120k samples per study and repeat, all stages) + ~2 min of unseen-seed checks; <= 9 min.
+# Two device calls when one is too short: RESUME=PATH copies an earlier run's windows.db (its studies, trials
+# and finished stages) into OUTDIR and skips `study create`, so the workers go on where that run stopped;
+# CHECK=0 runs the workers only (no unseen-seed checks). Measured on one H100 (2026-12-08): 320 s of
+# workers took every study through search and validation but left most of them in the refinement or
+# window stage; budget ~7-8 min of workers for the defaults, then ~2.5 min of checks.
 # CPU smoke run: DEVICE=cpu WORKER_DEVICES="--device cpu" STUDIES="heun:5" N_SAMPLES=16 RUNGS=16 TRIALS=3
 #   VALIDATE_SAMPLES=40 UNSEEN=40 BLOCKS=4 BATCH=16 STAGE_ARGS="--validate-blocks 4" REPEATS=2
 set -uo pipefail
@@ -27,7 +32,12 @@ DB="sqlite:///$(realpath "$OUTDIR")/windows.db"
 start=$(date +%s)
 read -r -a STAGE <<< "${STAGE_ARGS:-}"
 IFS=';' read -r -a GROUPS_ <<< "${STUDIES:-heun:9,13,19,35;dpmpp_2m:10}"
-for r in $(seq 0 $(( ${REPEATS:-3} - 1 ))); do
+if [ -n "${RESUME:-}" ]; then
+    [ -s "$RESUME" ] || { echo "RESUME=$RESUME: no such database file; expected an earlier run's windows.db" >&2; exit 2; }
+    [ "$(realpath "$RESUME")" = "$(realpath -m "$OUTDIR/windows.db")" ] || cp "$RESUME" "$OUTDIR/windows.db"
+    echo "resuming $RESUME: $("${ST[@]}" table --model demo --storage "$DB" --json | "$PY" -c 'import json, sys; print(len(json.load(sys.stdin)), "studies")')"
+fi
+for r in $( [ -n "${RESUME:-}" ] || seq 0 $(( ${REPEATS:-3} - 1 )) ); do
     for group in "${GROUPS_[@]}"; do
         "${ST[@]}" study create --model demo --sampler "${group%%:*}" --nfe "${group#*:}" \
             --extractor fmnist-classifier --reference demo --n-samples "${N_SAMPLES:-2000}" \
@@ -42,6 +52,7 @@ timeout -s TERM "${SEARCH_SECONDS:-360}" "${ST[@]}" worker --model demo "${WHERE
 echo "workers: exit $? after $(( $(date +%s) - start )) s"
 "${ST[@]}" table --model demo --storage "$DB"
 "${ST[@]}" table --model demo --storage "$DB" --json > "$OUTDIR/table.json"
+[ "${CHECK:-1}" = 0 ] && { echo "total: $(( $(date +%s) - start )) s (CHECK=0: no unseen-seed checks)"; exit 0; }
 "$PY" benchmarks/window_repeats.py --storage "$DB" --model demo --unseen-samples "${UNSEEN:-20000}" \
     --blocks "${BLOCKS:-10}" --batch-size "${BATCH:-2000}" --device "${DEVICE:-auto}" \
     --out "$OUTDIR/windows.json" --markdown "$OUTDIR/windows.md" || exit 1

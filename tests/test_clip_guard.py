@@ -106,8 +106,17 @@ def test_study_with_the_guard_records_clip_scores_and_best_reports_them(tmp_path
     capsys.readouterr()
     worker = ["worker", "--model", str(folder), "--device", "cpu", "--batch-size", "4", "--heartbeat", "1",
               "--grace", "4", "--storage", storage]  # fmt: skip
-    assert main(worker) == 0
+    clip.rename(tmp_path / "clip-elsewhere")  # a worker without the study's CLIP folder: one line, no job
+    assert main(worker) == 2
+    err = capsys.readouterr().err
+    assert "CLIP guard folder" in err and "is not on this machine" in err, err
+    assert err.strip().count("\n") == 0, err
     opened = open_storage(storage)
+    (study,) = find_studies(opened)
+    waiting = [t for r in load_experiment(opened, study).rounds for t in r.trials]
+    assert waiting and all(t.state == TrialState.WAITING for t in waiting)
+    (tmp_path / "clip-elsewhere").rename(clip)
+    assert main(worker) == 0
     (study,) = find_studies(opened)
     exp = load_experiment(opened, study)
     assert exp.settings is not None and exp.settings.clip_guard == str(clip.resolve())

@@ -24,11 +24,21 @@ def test_cpu_smoke_path_writes_the_tables(tmp_path: Path) -> None:
         "STAGE_ARGS": "--validate-blocks 2 --window-trials 2", "UNSEEN": "8", "BLOCKS": "2", "BATCH": "8",
         "SEARCH_SECONDS": "150",
     }  # fmt: skip
+    script = str(ROOT / "scripts" / "gpu_windows.sh")
+    first = subprocess.run(
+        ["bash", script, str(tmp_path / "first")], cwd=ROOT, env={**env, "CHECK": "0"},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "CHECK=0" in first.stdout and not (tmp_path / "first" / "windows.json").exists()
+    # A second call goes on from the first one's database: no new studies, then the checks.
+    resume = {**env, "RESUME": str(tmp_path / "first" / "windows.db")}
     done = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "gpu_windows.sh"), str(tmp_path / "out")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        ["bash", script, str(tmp_path / "out")], cwd=ROOT, env=resume, capture_output=True, text=True,
+        timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "resuming" in done.stdout and "1 studies" in done.stdout
     result = json.loads((tmp_path / "out" / "windows.json").read_text())
     (group,) = result["groups"]
     assert (group["sampler"], group["nfe"], group["unseen_samples"]) == ("heun", 5, 8)
@@ -36,3 +46,8 @@ def test_cpu_smoke_path_writes_the_tables(tmp_path: Path) -> None:
     assert repeat["samples"]["total"] >= 16 and "vs_best_answer" in repeat
     table = (tmp_path / "out" / "windows.md").read_text()
     assert table.startswith("| study | repeat |") and "| heun NFE 5 | 0 |" in table
+    missing = subprocess.run(
+        ["bash", script, str(tmp_path / "none")], cwd=ROOT, env={**env, "RESUME": str(tmp_path / "no.db")},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "no such database file" in missing.stderr

@@ -99,6 +99,11 @@ def load_clip_scorer(path: str | Path, *, device: torch.device | str = "cpu") ->
 def cached_clip_scorer(path: str, expected: str | None, device: str) -> ClipScorer:
     """One scorer per (folder, device) a worker process scores with, refused unless its identity is
     ``expected`` (the one the study was created with)."""
+    if not Path(path).is_dir():
+        raise SkiptuneError(
+            f"the study's CLIP guard folder {path!r} is not on this machine; copy the CLIP folder the study "
+            "was created with to that path, or run this worker where it is"
+        )
     scorer = load_clip_scorer(path, device=device)
     if expected is not None and scorer.identity != expected:
         raise SkiptuneError(

@@ -40,14 +40,29 @@ def run_validation_job(
     guard: StorageGuard | None = None,
     held: lineage.Held | None = None,
 ) -> TrialOutcome | None:
-    """Evaluate one waiting job of the round ``study``; None if another worker took the last one first."""
+    """Evaluate one waiting job of the round ``study``; None if another worker took the last one first.
+
+    What the job needs besides the objective (the CLIP guard's scorer) is loaded before a job is taken:
+    a worker that cannot load it stops with one line and leaves the jobs waiting for another worker."""
+    clip = _clip_scorer(settings, objective)
     trial = rec.pop_waiting(study)
     if trial is None:
         return None
     return run_held(
-        study, trial, lambda: _run_job(study, trial, settings, objective, worker_id, stop, precision),
+        study, trial, lambda: _run_job(study, trial, settings, objective, worker_id, stop, precision, clip),
         guard=guard, held=held,
     )  # fmt: skip
+
+
+def _clip_scorer(settings: ValidationSettings, objective: Objective) -> dict[str, Any]:
+    """The prompt-alignment guard's keyword for ``block_distances``: the CLIP scorer of the study's folder
+    (loaded once per process and device), or nothing for a study without the guard."""
+    if settings.clip_guard is None:
+        return {}
+    from skiptune.objectives.clip_score import cached_clip_scorer
+
+    device = str(getattr(objective, "device", "cpu"))
+    return {"clip": cached_clip_scorer(settings.clip_guard, settings.clip_sha256, device)}
 
 
 def _run_job(
@@ -58,6 +73,7 @@ def _run_job(
     worker_id: str,
     stop: StopSignal,
     precision: str,
+    clip: dict[str, Any],
 ) -> TrialOutcome:
     if not lineage.take(study, trial):
         return TrialOutcome(trial.number, "superseded")
@@ -67,12 +83,6 @@ def _run_job(
         trial.suggest_float(name, job_distribution(float(value)).low, job_distribution(float(value)).high)
     trial.set_user_attr(rec.PRECISION_ATTR, precision)
     trial.set_user_attr(rec.WORKER_ATTR, worker_id)
-    clip: dict[str, Any] = {}  # the prompt-alignment guard: CLIP scores of the same samples, per block
-    if settings.clip_guard is not None:
-        from skiptune.objectives.clip_score import cached_clip_scorer
-
-        device = str(getattr(objective, "device", "cpu"))
-        clip = {"clip": cached_clip_scorer(settings.clip_guard, settings.clip_sha256, device)}
     try:
         with stop.interruptible():
             result = objective.block_distances(
