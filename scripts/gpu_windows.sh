@@ -12,13 +12,11 @@
 # options, e.g. "--window-trials 24"), SEARCH_SECONDS (360: the workers' wall-clock cap; they stop
 # cleanly on SIGTERM, and studies still running then show `validating`), WORKERS (3 processes sharing the
 # GPU), BATCH (2000), UNSEEN (20000 seeds from 3,000,000,000), BLOCKS (10), DEVICE (auto).
-# Estimated on one H100 with the defaults (from docs/results.md's throughput, not yet run): ~4-5 min of
-# workers (~120k samples per study and repeat, all stages) + ~2 min of unseen-seed checks; <= 9 min.
 # Two device calls when one is too short: RESUME=PATH copies an earlier run's windows.db (its studies, trials
 # and finished stages) into OUTDIR and skips `study create`, so the workers go on where that run stopped;
 # CHECK=0 runs the workers only (no unseen-seed checks). Measured on one H100 (2026-12-08): 320 s of
-# workers took every study through search and validation but left most of them in the refinement or
-# window stage; budget ~7-8 min of workers for the defaults, then ~2.5 min of checks.
+# workers took every study through search and a first validation round but left 9 of 15 in refinement or
+# the window stage (how much longer they need is not known yet); the checks then took 156 s.
 # CPU smoke run: DEVICE=cpu WORKER_DEVICES="--device cpu" STUDIES="heun:5" N_SAMPLES=16 RUNGS=16 TRIALS=3
 #   VALIDATE_SAMPLES=40 UNSEEN=40 BLOCKS=4 BATCH=16 STAGE_ARGS="--validate-blocks 4" REPEATS=2
 set -uo pipefail
