@@ -90,7 +90,9 @@ OURS: dict[str, FastPath] = {
     "bf16-cl-compile-graphs": FastPath(precision="bf16", channels_last=True, compile=True, cuda_graphs=True),
     "bf16-cl-compile-unfused": FastPath(precision="bf16", channels_last=True, compile=True, fused_norm=False),
 }
-ALL_MODES = ["edm-fp32", "edm-fp16", *OURS, "skip-on", "objective"]
+ALL_MODES = ["gemm", "edm-fp32", "edm-fp16", *OURS, "skip-on", "objective"]
+# Data-sheet dense bf16 tensor-core rates (TFLOP/s, without sparsity) by device-name fragment.
+DATASHEET_TFLOPS = {"H100 80GB HBM3": 989.4, "H100 PCIe": 756.5, "H100 NVL": 835.5, "H200": 989.4}
 TUNED = SkipSchedule(rho_bottom=0.8, rho_top=1.0)
 
 
@@ -540,7 +542,26 @@ def kernel_kind(name: str) -> str:
     return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other")
 
 
+def gemm_rate(device: torch.device, size: int, repeats: int) -> dict[str, Any]:
+    """The card's own dense bf16 matmul rate: a ``size``-cube GEMM, the median of ``repeats`` timed runs
+    of 10 calls each, after a warm-up (what "peak" means on this card, next to the 780 TFLOP/s figure)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    a, b = (torch.randn(size, size, device=device, generator=gen).to(torch.bfloat16) for _ in range(2))
+    out = torch.empty(size, size, device=device, dtype=torch.bfloat16)
+
+    def run() -> None:
+        for _ in range(10):
+            torch.matmul(a, b, out=out)
+
+    run()
+    seconds = statistics.median(time_runs(run, repeats, device)) / 10
+    tflops = 2 * size**3 / seconds / 1e12
+    return {"img_s": None, "gemm_tflops": tflops, "note": f"bf16 GEMM {size}^3: {tflops:.1f} TFLOP/s"}
+
+
 def run_mode(bench: Bench, mode: str) -> dict[str, Any]:
+    if mode == "gemm":
+        return gemm_rate(bench.device, bench.args.gemm_size, max(bench.args.repeats, 3))
     if mode == "edm-fp32":
         return bench.run_edm(fp16=False)
     if mode == "edm-fp16":
@@ -597,6 +618,16 @@ def table(result: dict[str, Any]) -> str:
 def summary(result: dict[str, Any]) -> str:
     rows = {r["mode"]: r for r in result["rows"] if "error" not in r}
     out = [f"goal: {result['goal_img_s']:.1f} img/s (50% of {result['peak_tflops']:g} TFLOP/s)"]
+    gemm, sheet = rows.get("gemm", {}).get("gemm_tflops"), result.get("datasheet_tflops")
+    for r in rows.values():  # what "peak" means: the 780 figure, this card's own GEMM, the data sheet
+        if r.get("tflops") is None:
+            continue
+        parts = [f"{100 * r['tflops'] / result['peak_tflops']:.1f}% of {result['peak_tflops']:g}"]
+        if gemm:
+            parts.append(f"{100 * r['tflops'] / gemm:.1f}% of this card's GEMM ({gemm:.0f})")
+        if sheet:
+            parts.append(f"{100 * r['tflops'] / sheet:.1f}% of the data sheet's {sheet:g}")
+        out.append(f"{r['mode']}: {r['tflops']:.1f} TFLOP/s = " + ", ".join(parts))
     if "skip-on" in rows and "bf16-cl-compile" in rows:
         diff = rows["skip-on"]["img_s"] / rows["bf16-cl-compile"]["img_s"] - 1
         out.append(
@@ -617,6 +648,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--err-batch", type=int, default=16, help="inputs for the denoiser error check")
     p.add_argument("--objective-batches", type=int, default=2, help="batches in the objective run")
     p.add_argument("--peak-tflops", type=float, default=780.0, help="bf16 dense matmul rate of the card")
+    p.add_argument("--gemm-size", type=int, default=8192, help="the gemm mode's matrix size")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="JSON results, rewritten after every mode")
@@ -642,11 +674,14 @@ def main(argv: list[str] | None = None) -> int:
         "peak_tflops": args.peak_tflops,
         "goal_img_s": 0.5 * args.peak_tflops * 1e12 / (bench.flops * args.nfe),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "datasheet_tflops": None,
         "torch": torch.__version__,
         "edm": bench.edm_note,
         "command": " ".join(sys.argv),
         "rows": [],
     }
+    sheet = [v for k, v in DATASHEET_TFLOPS.items() if k in result["device"]]
+    result["datasheet_tflops"] = sheet[0] if sheet else None
     log(f"{bench.params / 1e6:.1f}M params, {bench.flops / 1e9:.2f} GFLOP/img/forward, EDM: {bench.edm_note}")
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         log(f"mode {mode} ...")

@@ -20,7 +20,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then  # torch-fidelity for the objective mode,
         .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
-DEFAULT_MODES=bf16-cl-compile-unfused,edm-fp32,edm-fp16,bf16-cl-compile,skip-on,profile,objective
+DEFAULT_MODES=gemm,bf16-cl-compile-unfused,edm-fp32,edm-fp16,bf16-cl-compile,skip-on,profile,objective
 for config in ${CONFIGS:-ddpmpp-cifar10 adm-imagenet64}; do
     case $config in
         ddpmpp-cifar10) modes=${MODES_CIFAR:-$DEFAULT_MODES}; repeats=3; limit=${LIMIT_CIFAR:-270} ;;

@@ -24,10 +24,11 @@ def _load() -> ModuleType:
 def test_tiny_config_runs_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bench = _load()
     out = tmp_path / "result.json"
-    modes = "edm-fp32,fp32,bf16-cl,skip-on,objective"  # skip-on needs the compiled mode: recorded as failed
+    modes = "gemm,edm-fp32,fp32,bf16-cl,skip-on,objective"  # skip-on needs the compiled mode: fails, recorded
     code = bench.main(
-        ["--config", "tiny", "--device", "cpu", "--repeats", "1", "--modes", modes, "--out", str(out)]
-    )
+        ["--config", "tiny", "--device", "cpu", "--repeats", "1", "--modes", modes, "--gemm-size", "128",
+         "--out", str(out)]
+    )  # fmt: skip
     assert code == 0
     result = json.loads(out.read_text())
     rows = {r["mode"]: r for r in result["rows"]}
@@ -37,8 +38,12 @@ def test_tiny_config_runs_and_writes_json(tmp_path: Path, capsys: pytest.Capture
     assert rows["fp32"]["err"] == 0.0 and rows["fp32"]["img_s"] > 0
     assert 1e-5 < rows["bf16-cl"]["err"] < 5e-2 and math.isfinite(rows["bf16-cl"]["tflops"])
     assert result["flops_per_image_forward"] > 1e6
+    assert rows["gemm"]["gemm_tflops"] > 0 and rows["gemm"]["img_s"] is None
     printed = capsys.readouterr().out
     assert "bf16-cl" in printed and "goal:" in printed
+    gemm = rows["gemm"]["gemm_tflops"]  # each timed row's rate against 780 and against the card's own GEMM
+    share = f"{100 * rows['fp32']['tflops'] / gemm:.1f}% of this card's GEMM ({gemm:.0f})"
+    assert f"fp32: {rows['fp32']['tflops']:.1f} TFLOP/s = " in printed and share in printed
 
 
 def test_compiled_modes_skip_tuning_and_objective(tmp_path: Path) -> None:
