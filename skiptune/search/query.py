@@ -84,8 +84,8 @@ def pick_study(
     if len(studies) > 1:
         raise SkiptuneError(
             f"{len(studies)} studies match model {model!r}, sampler {sampler!r}, NFE {nfe} (different "
-            f"objectives or search spaces): {', '.join(s.name for s in studies)}; pick one with --study NAME "
-            "(study_name= in Python)"
+            f"objectives, search spaces or seeds): {', '.join(s.name for s in studies)}; pick one with "
+            "--study NAME (study_name= in Python)"
         )
     return studies[0]
 
