@@ -6,28 +6,24 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from skiptune.nets.edm import EDMPrecond
-
-# Test modules import `helpers` by its plain name: `tests.helpers` is unreliable because
-# torch-fidelity installs a top-level `tests` package into site-packages.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from helpers import tiny_precond
+if TYPE_CHECKING:
+    from skiptune.nets.edm import EDMPrecond
 
 
-def _cache_subprocess_bytecode() -> None:
-    """Let the suite's subprocesses (workers, CLI verbs, scripts: over a hundred, each importing
-    PyTorch) reuse compiled bytecode where the environment forbids writing it.
+def _cache_bytecode() -> None:
+    """Reuse compiled bytecode where the environment forbids writing it, for this process's imports from
+    here on and for the suite's subprocesses (workers, CLI verbs, scripts: over a hundred, each importing
+    PyTorch).
 
     With ``PYTHONDONTWRITEBYTECODE`` set (some CI images and sandboxes set it to keep source trees
-    clean) every subprocess compiles PyTorch's Python sources again: ``import torch`` takes ~5 s of
-    CPU instead of ~2.5 s, torch-fidelity's ~13 s instead of ~6 s. Instead the bytecode goes to a
-    folder of pytest's own cache (``PYTHONPYCACHEPREFIX``): nothing is written next to any source.
-    A prefix already chosen is kept.
+    clean) every process compiles PyTorch's Python sources again: ``import torch`` takes ~5 s of CPU
+    instead of ~2.5 s, torch-fidelity's ~13 s instead of ~6 s. Instead the bytecode goes to a folder
+    of pytest's own cache (``PYTHONPYCACHEPREFIX``): nothing is written next to any source. A prefix
+    already chosen is kept.
     """
     if not os.environ.get("PYTHONDONTWRITEBYTECODE") or os.environ.get("PYTHONPYCACHEPREFIX"):
         return
@@ -38,14 +34,20 @@ def _cache_subprocess_bytecode() -> None:
         return
     del os.environ["PYTHONDONTWRITEBYTECODE"]
     os.environ["PYTHONPYCACHEPREFIX"] = str(prefix)
+    sys.pycache_prefix, sys.dont_write_bytecode = str(prefix), False
 
 
-_cache_subprocess_bytecode()
+_cache_bytecode()  # before anything imports torch
+
+# Test modules import `helpers` by its plain name: `tests.helpers` is unreliable because
+# torch-fidelity installs a top-level `tests` package into site-packages.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture
 def make_tiny_precond() -> Callable[..., EDMPrecond]:
     """Factory: ``make_tiny_precond("DhariwalUNet", label_dim=10, img_resolution=16)``."""
+    from helpers import tiny_precond
 
     def make(model_type: str = "SongUNet", **kwargs: Any) -> EDMPrecond:
         return tiny_precond(model_type, **kwargs)
