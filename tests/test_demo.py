@@ -1,5 +1,6 @@
 """`skiptune demo` end to end (bundled model, SQLite, real local workers, table and report), shortened;
-its progress line; the same command twice gives the same table."""
+its progress line; the same command twice gives the same table (the two runs go side by side: each is
+mostly one process at a time, so on two cores they take about the time of one)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -39,7 +41,10 @@ def test_short_demo_runs_end_to_end_and_repeats(tmp_path: Path) -> None:
     for asset in (DEMO_MODEL_PATH, DEMO_CLASSIFIER_PATH, DEMO_REFERENCE_PATH):
         assert asset.is_file(), f"bundled asset missing: {asset}"
     out = tmp_path / "demo"
-    done = _demo(out, "--seed", "3")
+    # The same command twice (fresh folders), at the same time: compared trial for trial at the end.
+    with ThreadPoolExecutor(2) as pool:
+        first, second = (pool.submit(_demo, folder, "--seed", "3") for folder in (out, tmp_path / "again"))
+        done, again = first.result(), second.result()
     assert "[4/4] results" in done.stdout and "demo/heun/nfe=5" in done.stdout
     assert sorted(p.name for p in (out / "report").glob("*.png"))[0] == "distance_vs_nfe.png"
     # One progress display: printed (off a terminal) whenever a count changed, over both stages.
@@ -66,8 +71,7 @@ def test_short_demo_runs_end_to_end_and_repeats(tmp_path: Path) -> None:
     assert record["n_trials"] == 3 + grown
     assert record["status"] in ("validated", "no-gain") and record["holdout_samples"] == 20
 
-    # The same command again (fresh folder): the same table, trial for trial.
-    again = _demo(tmp_path / "again", "--seed", "3")
+    # The same command again (the second run, fresh folder): the same table, trial for trial.
     assert _table(again.stdout) == _table(done.stdout)
 
 

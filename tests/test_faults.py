@@ -1,7 +1,7 @@
 """Faults: a database restart, a killed worker, a frozen worker; trials that never beat; storage errors.
 
 The fleet test starts its own throwaway PostgreSQL cluster (initdb/pg_ctl as the ``postgres`` user,
-a free port, a data folder under /tmp), never the shared server, and restarts it mid-run under ten
+a free port, a data folder under /tmp), never the shared server, and restarts it mid-run under six
 worker processes while one worker is SIGKILLed and another SIGSTOPped past the grace period.
 The unit tests run on SQLite in-process: the stale sweep, the drop of a trial ended elsewhere, the
 storage boundary's classification and timeout.
@@ -437,7 +437,8 @@ def test_fleet_rides_out_restart_kill_and_freeze(
     args = search_assets.study_args(nfes="2,3", trials=budget, storage=url, n_samples=32, rungs="16,32")
     stages = ["--growth-trials", "0", "--refine-trials", "0", "--no-window"]
     assert cli([*args, "--validate-samples", "32", "--validate-blocks", "4", *stages]) == 0
-    logs = [tmp_path / f"w{i}.log" for i in range(10)]
+    # six workers: the two victims and four that race for the rest (more only cost start-up on 2 cores)
+    logs = [tmp_path / f"w{i}.log" for i in range(6)]
     # the two victims first (batch size 1: long trials), caught inside their first trial
     killed_w = search_assets.worker(url, logs[0], batch_size=1, extra=RIDE_OUT)
     frozen_w = search_assets.worker(url, logs[1], batch_size=1, extra=RIDE_OUT)
@@ -448,8 +449,8 @@ def test_fleet_rides_out_restart_kill_and_freeze(
         killed_w.wait()
         others = [search_assets.worker(url, log, batch_size=4, extra=RIDE_OUT) for log in logs[2:]]
         _wait_for(lambda: _finished(url) >= 3, "the others to finish 3 trials")
-        pg.stop()  # the database goes away mid-run for 10 s
-        time.sleep(10)
+        pg.stop()  # the database goes away mid-run for 5 s (1 s heartbeats: every live worker meets it)
+        time.sleep(5)
         pg.start()
         _wait_for(lambda: _state_of(url, frozen) != TrialState.RUNNING, "the frozen trial to be swept")
         assert _state_of(url, frozen) == TrialState.FAIL
@@ -461,7 +462,7 @@ def test_fleet_rides_out_restart_kill_and_freeze(
                 os.kill(w.pid, signal.SIGCONT)
                 w.kill()
     texts = [log.read_text() for log in logs]
-    assert codes == [0] * 9, [t[-2000:] for t, c in zip(texts[1:], codes, strict=True) if c]
+    assert codes == [0] * 5, [t[-2000:] for t, c in zip(texts[1:], codes, strict=True) if c]
     assert not any("Traceback" in t for t in texts), next(t for t in texts if "Traceback" in t)[-3000:]
     assert any("database unreachable" in t for t in texts[1:])
     assert "dropping it" in texts[1]  # the frozen worker woke to find its trial re-run elsewhere

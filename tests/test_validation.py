@@ -4,7 +4,7 @@ Unit level: the jackknife standard error against its formula, the decision on co
 (significant, not significant, ties), blocks of seeds. Service level (tiny model, CPU workers): a study is
 searched, then validated on held-out seeds by the workers themselves; a box grows when the validated best
 presses against its side; an old study without validation says `unvalidated` until `skiptune validate`;
-validation jobs run exactly once across 8 worker processes on PostgreSQL, one of them SIGKILLed mid-job.
+validation jobs run exactly once across 5 worker processes on PostgreSQL, one of them SIGKILLed mid-job.
 """
 
 from __future__ import annotations
@@ -372,9 +372,11 @@ def _catch_in_job(victim: subprocess.Popen[bytes], url: str, timeout: float = 12
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_jobs_run_exactly_once_across_eight_workers(
+def test_jobs_run_exactly_once_across_five_workers(
     search_assets: SearchAssets, postgres_url: str, tmp_path: Path
 ) -> None:
+    """The victim, then four survivors racing for the jobs (eight made the same races on a 2-core box, with
+    three more start-ups of PyTorch)."""
     # a tiny search, then validation jobs long enough (200 samples, batch 1) to catch the victim in one
     args = search_assets.study_args(nfes="2,3", trials=3, storage=postgres_url)
     assert cli([*args, "--validate-samples", "200", "--validate-blocks", "4", "--growth-trials", "0"]) == 0
@@ -383,7 +385,7 @@ def test_jobs_run_exactly_once_across_eight_workers(
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     # grace 10 s: on a loaded 2-core machine a live worker can miss a few 1 s heartbeats
-    workers = [search_assets.worker(postgres_url, tmp_path / f"w{i}.log", grace=10) for i in range(7)]
+    workers = [search_assets.worker(postgres_url, tmp_path / f"w{i}.log", grace=10) for i in range(4)]
     for i, w in enumerate(workers):
         try:
             assert w.wait(timeout=240) == 0, (tmp_path / f"w{i}.log").read_text()[-3000:]
