@@ -16,7 +16,8 @@ rate a long-running fleet keeps up.
 
 Database time is measured inside every worker process around the storage calls: every method of
 Optuna's ``RDBStorage`` is wrapped, and skiptune's one read of all a loop's studies
-(``records.read_many``) (the outermost call per thread counts, so nested calls are not counted twice;
+(``records.read_many``; through the proxy ``FleetProxy.read_many``, one call) (the outermost call per
+thread counts, so nested calls are not counted twice;
 calls answered by Optuna's in-process cache never reach it). It includes SQLAlchemy and
 Optuna's own Python work per call, not only the time the server takes; the SQL-only share (SQLAlchemy
 ``before/after_cursor_execute``) is reported next to it. ``db_ms_per_trial`` is the worker loop's
@@ -39,6 +40,7 @@ error, no "database is locked" in the workers' logs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import datetime as dt
 import functools
@@ -49,6 +51,7 @@ import multiprocessing
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -157,6 +160,9 @@ class DbClock:
         from skiptune.search.records import _TrialCache  # the loop's one read of all its studies
 
         _TrialCache.refresh = self._timed(_TrialCache.refresh, "read_many")  # type: ignore[method-assign]
+        from skiptune.storage.proxy_client import FleetProxy  # the same read through the proxy: one call
+
+        FleetProxy.read_many = self._timed(FleetProxy.read_many, "read_many")  # type: ignore[method-assign]
         sqlalchemy.event.listen(Engine, "before_cursor_execute", self._before)
         sqlalchemy.event.listen(Engine, "after_cursor_execute", self._after)
 
@@ -398,6 +404,7 @@ class RunResult:
     worker_errors: list[str] = field(default_factory=list)
     log_errors: int = 0
     skipped: str | None = None
+    interrupted: bool = False  # cut by a Ctrl-C: what its workers measured until then
     # filled while workers run, read by the summary; not part of the report
     _go: float = field(default=0.0, repr=False)
     _loop: tuple[float, int, float, int] = field(default=(0.0, 0, 0.0, 0), repr=False)
@@ -457,8 +464,10 @@ class ProxyProcess:
             sys.executable, "-m", "skiptune", "proxy", "--storage", self.db_url, "--port", str(self.port),
             "--threads", str(self.threads), "--processes", str(self.processes),
         ]  # fmt: skip
-        with (self.workdir / "proxy.log").open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        with (self.workdir / "proxy.log").open("ab") as log:  # own session: a Ctrl-C reaches it through stop
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -479,14 +488,22 @@ class ProxyProcess:
             return None
         return _tree_cpu_seconds(self.process.pid) - self._cpu_at_start
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL to the proxy's whole process group (its server processes too) after
+        ``timeout`` seconds or at a further Ctrl-C: never hangs."""
+        if self.process is None:
+            return
+        try:
+            with _on_sigint(_end_wait):
+                if self.process.poll() is None:
+                    self.process.terminate()
+                    self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        with _on_sigint(signal.SIG_IGN):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)  # stragglers of a proxy that hung or died
+            self.process.wait()
 
     def __enter__(self) -> ProxyProcess:
         self.start()
@@ -494,6 +511,23 @@ class ProxyProcess:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def _on_sigint(handler: Any) -> Iterator[None]:
+    """SIGINT handled by ``handler`` for a while (in the main thread; elsewhere signals never arrive)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _end_wait(_sig: int, _frame: Any) -> None:
+    raise subprocess.TimeoutExpired("the proxy's stop", 0)
 
 
 def _tree_cpu_seconds(pid: int) -> float:
@@ -528,13 +562,37 @@ def _run_workers(db: Database, config: RunConfig, result: RunResult, *, url: str
         p.start()
     monitor = Monitor(db)  # after the forks: children never inherit its thread or connection
     monitor.start()
-    memory = _wait_ready(ready, procs, config.timeout)
-    go.set()
-    result.start_s = time.time() - launched
-    result._go = time.time()
-    reports = _collect(results, procs, config.timeout + config.workers * config.duration * 10)
+    memory: list[dict[str, Any]] = []
+    reports: list[dict[str, Any]] = []
+    try:
+        memory = _wait_ready(ready, procs, config.timeout)
+        go.set()
+        result.start_s = time.time() - launched
+        result._go = time.time()
+        _collect(results, procs, config.timeout + config.workers * config.duration * 10, reports)
+    except KeyboardInterrupt:
+        result.interrupted = True
+        _wind_down(results, procs, reports)
     monitor.stop()
     _summarise_workers(result, reports, memory, monitor, config)
+
+
+def _wind_down(
+    results: Any, procs: list[Any], out: list[dict[str, Any]], timeout: float = 15.0
+) -> list[dict[str, Any]]:
+    """After a Ctrl-C: the workers are asked to stop (SIGINT: each gives its trial back and reports);
+    those that have not reported after ``timeout`` s, or at a further Ctrl-C, are killed."""
+    for p in procs:
+        if p.is_alive() and p.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGINT)
+    try:
+        with _on_sigint(_end_wait):
+            _gather(results, procs, timeout, out)
+    except subprocess.TimeoutExpired:
+        pass
+    with _on_sigint(signal.SIG_IGN):
+        return _reap(procs, out)
 
 
 def _wait_ready(ready: Any, procs: list[Any], timeout: float) -> list[dict[str, Any]]:
@@ -549,20 +607,32 @@ def _wait_ready(ready: Any, procs: list[Any], timeout: float) -> list[dict[str, 
     return out
 
 
-def _collect(results: Any, procs: list[Any], timeout: float) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+def _collect(
+    results: Any, procs: list[Any], timeout: float, out: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The workers' reports, into ``out`` (what came before an interruption is kept), then their exits."""
+    _gather(results, procs, timeout, out)
+    for p in procs:
+        p.join(timeout=5)
+    return _reap(procs, out)
+
+
+def _gather(results: Any, procs: list[Any], timeout: float, out: list[dict[str, Any]]) -> None:
     deadline = time.monotonic() + timeout
     while len(out) < len(procs) and time.monotonic() < deadline:
         try:
             out.append(results.get(timeout=1))
-        except Exception:
+        except Exception:  # queue.Empty: stop once every worker is gone
             if not any(p.is_alive() for p in procs) and results.empty():
                 break
+
+
+def _reap(procs: list[Any], out: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Kill the workers still alive; a worker that exited without a report is an error of the run."""
     for p in procs:
-        p.join(timeout=5)
         if p.is_alive():
             p.kill()
-            p.join()
+        p.join()
     for p in procs:
         if p.exitcode not in (0, None) and not any(r["pid"] == p.pid for r in out):
             out.append({"index": -1, "pid": p.pid, "error": f"worker process exited {p.exitcode}"})
@@ -764,17 +834,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the sweep, writing ``--out`` after every run. A Ctrl-C (or ``timeout -s INT``) ends the run in
+    progress (its workers give their trials back; what they measured is summarised and written, marked
+    ``interrupted``), stops the proxy and exits 130."""
     args = parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    workers = [int(x) for x in args.workers.split(",")]
-    durations = [float(x) for x in args.duration.split(",")]
     _preload()
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
     runs: list[RunResult] = []
+    try:
+        for result in _sweep(args):
+            _print(result)
+            runs.append(result)
+            _write(args.out, runs, interrupted=result.interrupted)
+            if result.interrupted:
+                return 130
+    except KeyboardInterrupt:  # between runs, or while one was set up: the runs so far are kept
+        _write(args.out, runs, interrupted=True)
+        return 130
+    return 0 if _ok(runs) else 1
+
+
+def _ok(runs: list[RunResult]) -> bool:
+    return all(r.skipped or (r.budget_met and not r.duplicates and not r.failures) for r in runs)
+
+
+def _write(out: Path | None, runs: list[RunResult], *, interrupted: bool) -> None:
+    """After every run: a cut-off sweep keeps what it measured."""
+    if out is not None:
+        payload = {"machine": _machine(), "runs": [r.report() for r in runs], "ok": _ok(runs)}
+        out.write_text(json.dumps({**payload, "interrupted": interrupted}, indent=2) + "\n")
+
+
+def _sweep(args: argparse.Namespace) -> Iterator[RunResult]:
+    """One result per (duration, worker count): measured, or skipped by the memory or connection guard."""
+    workers = [int(x) for x in args.workers.split(",")]
     pss: float | None = None
     per_worker = 2.0  # connections per worker until measured
-    for duration in durations:
+    for duration in [float(x) for x in args.duration.split(",")]:
         for n in workers:
             trials = args.trials or max(1, math.ceil(args.rounds * n / args.studies))
             with tempfile.TemporaryDirectory(prefix="skiptune-scaling-") as workdir:
@@ -788,21 +886,14 @@ def main(argv: list[str] | None = None) -> int:
                     args.storage, args.proxy_threads + 5 if args.via_proxy else n, per_worker
                 )
                 if reason is not None:
-                    result = RunResult(backend_name(config), n, duration, args.studies, trials,
-                                       skipped=reason)  # fmt: skip
-                else:
-                    result = run_once(config)
-                    # the last run's: forked workers share more pages the more of them there are
-                    pss = result.pss_mib_per_worker or pss
-                    if result.connections_peak:
-                        per_worker = result.connections_peak / n  # the last run's, as for memory
-            _print(result)
-            runs.append(result)
-            ok = all(r.skipped or (r.budget_met and not r.duplicates and not r.failures) for r in runs)
-            if args.out is not None:  # after every run: a cut-off sweep keeps what it measured
-                payload = {"machine": _machine(), "runs": [r.report() for r in runs], "ok": ok}
-                args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    return 0 if ok else 1
+                    yield RunResult(backend_name(config), n, duration, args.studies, trials, skipped=reason)
+                    continue
+                result = run_once(config)
+            # the last run's: forked workers share more pages the more of them there are
+            pss = result.pss_mib_per_worker or pss
+            if result.connections_peak:
+                per_worker = result.connections_peak / n  # the last run's, as for memory
+            yield result
 
 
 def _machine() -> dict[str, Any]:

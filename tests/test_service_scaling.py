@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,62 @@ def test_tiny_config_through_the_proxy(postgres_url: str, tmp_path: Path) -> Non
     assert run["sql_statements_per_trial"] == 0  # the workers ran no SQL: the proxy did
     assert run["db_calls_per_trial"] > 0 and run["proxy_cpu_ms_per_trial"] > 0
     assert 1 <= run["connections_peak"] <= 2 * (2 + 4)  # the proxy's 2 pools (2 threads + 4), not per worker
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the processes whose parent is ``pid``."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append((int(stat.parent.name), (stat.parent / "cmdline").read_text().replace("\0", " ")))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _in_session(sid: int) -> list[int]:
+    """The processes of session ``sid`` (the proxy's: it runs in a session of its own)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[4]) == sid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+@pytest.mark.postgres
+def test_ctrl_c_writes_what_was_measured_and_stops_the_proxy(postgres_url: str, tmp_path: Path) -> None:
+    pytest.importorskip("grpc", reason="grpcio is not installed (extra `grpc`): the proxy cannot run")
+    out = tmp_path / "scaling.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [
+        sys.executable, str(ROOT / "benchmarks" / "service_scaling.py"), "--storage", postgres_url,
+        "--workers", "2", "--duration", "60", "--studies", "2", "--rounds", "2", "--via-proxy",
+        "--proxy-threads", "2", "--proxy-processes", "2", "--timeout", "120", "--out", str(out),
+    ]  # fmt: skip
+    with (tmp_path / "bench.log").open("wb") as log:  # a session of its own: Ctrl-C reaches its whole group
+        bench = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 120
+        proxies: list[tuple[int, str]] = []
+        while not proxies and time.monotonic() < deadline and bench.poll() is None:
+            proxies = [c for c in _children(bench.pid) if "skiptune proxy" in c[1]]
+            time.sleep(0.5)
+        assert proxies, (tmp_path / "bench.log").read_text()
+        time.sleep(8)  # its workers start (or are starting: a Ctrl-C then is handled the same way)
+        os.killpg(bench.pid, signal.SIGINT)  # as a terminal's Ctrl-C, or `timeout -s INT`
+        assert bench.wait(60) == 130, (tmp_path / "bench.log").read_text()
+    finally:
+        if bench.poll() is None:
+            os.killpg(bench.pid, signal.SIGKILL)
+            bench.wait()
+    result = json.loads(out.read_text())
+    (run,) = result["runs"]
+    assert result["interrupted"] is True and run["interrupted"] is True and result["ok"] is False
+    assert run["evaluated"] == 0  # 60 s trials: none finished; what the workers measured is still there
+    assert _in_session(proxies[0][0]) == []  # the proxy and its server processes are gone

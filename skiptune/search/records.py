@@ -33,7 +33,7 @@ import sqlalchemy.exc
 import sqlalchemy.orm
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from skiptune.storage.proxy_client import BEAT_ATTR  # system attr: the heartbeat counter behind the proxy
+from skiptune.storage.proxy_client import BEAT_ATTR, FleetProxy  # BEAT_ATTR: the heartbeat behind the proxy
 
 # ---- study attributes of a main study
 IDENTITY_ATTR = "skiptune_identity"
@@ -146,7 +146,10 @@ def read_many(storage: optuna.storages.BaseStorage, sids: list[int]) -> dict[int
     table) reads the unfinished and new trials of all of them, where Optuna's own read costs seven
     statements per study; finished trials come from this process's one cache (``_TrialCache``). The
     worker's loop reads every study it serves at each turn, so this is most of its reading
-    (benchmarks/service_scaling.py). Other storages (in-memory, the gRPC proxy) are read directly."""
+    (benchmarks/service_scaling.py). Through the gRPC proxy it is one call for all of them
+    (``FleetProxy.read_many``); other storages (in-memory) are read study by study."""
+    if isinstance(storage, FleetProxy):
+        return storage.read_many(sids)
     backend = _rdb(storage)
     cache = _many_readers.get(backend) if backend is not None else None
     if backend is not None and cache is None:
@@ -157,11 +160,12 @@ def read_many(storage: optuna.storages.BaseStorage, sids: list[int]) -> dict[int
     return cache.refresh(sids)
 
 
+_RELATIONS = ("params", "values", "user_attributes", "system_attributes", "intermediate_values")
+
+
 class _TrialCache:
     """The trials of many studies by study: finished ones read once (Optuna never changes them again),
     unfinished ones read again at each refresh, as in Optuna's ``_CachedStorage``."""
-
-    _RELATIONS = ("params", "values", "user_attributes", "system_attributes", "intermediate_values")
 
     def __init__(self, backend: optuna.storages.RDBStorage) -> None:
         self._backend = backend
@@ -172,24 +176,13 @@ class _TrialCache:
         self.usable = hasattr(backend, "_build_frozen_trial_from_trial_model")  # an Optuna private
 
     def refresh(self, sids: list[int]) -> dict[int, list[FrozenTrial]]:
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        trial = models.TrialModel
         with self._lock:
-            wanted = []
+            wanted = {}
             for sid in sids:
                 self._trials.setdefault(sid, {})
-                newer = trial.trial_id > self._last_finished.setdefault(sid, -1)
                 unfinished = self._unfinished.setdefault(sid, set())
-                read = sqlalchemy.or_(newer, trial.trial_id.in_(unfinished)) if unfinished else newer
-                wanted.append(sqlalchemy.and_(trial.study_id == sid, read))
-            loads = [sqlalchemy.orm.selectinload(getattr(trial, r)) for r in self._RELATIONS]
-            with _create_scoped_session(self._backend.scoped_session) as session:
-                rows = session.query(trial).options(*loads).filter(sqlalchemy.or_(*wanted)).all()
-                build = self._backend._build_frozen_trial_from_trial_model
-                read_now = [(_study_of(m), build(m)) for m in rows]
-            for owner, frozen in read_now:
+                wanted[sid] = (unfinished, self._last_finished.setdefault(sid, -1))
+            for owner, frozen in read_changed(self._backend, wanted, check=False):
                 self._keep(owner, frozen)
             return {sid: sorted(self._trials[sid].values(), key=lambda t: t.number) for sid in sids}
 
@@ -201,6 +194,48 @@ class _TrialCache:
             self._last_finished[sid] = max(self._last_finished[sid], tid)
         else:
             self._unfinished[sid].add(tid)
+
+
+def read_changed(
+    backend: optuna.storages.RDBStorage, wanted: dict[int, tuple[set[int], int]], *, check: bool = True
+) -> list[tuple[int, FrozenTrial]]:
+    """``(study id, trial)`` of the trials that ``wanted`` asks for: of study ``sid``, those with an id
+    above ``last_finished`` or in ``unfinished`` (``wanted[sid] == (unfinished, last_finished)``), the
+    rule of Optuna's caches. One query for all studies and one load per trial table (six statements).
+    ``check``: a study that does not exist raises ``KeyError`` (one statement more, only when a study
+    read no trial). Read by the worker's cache (``read_many``) and by the proxy for its clients."""
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    trial = models.TrialModel
+    conditions = []
+    for sid, (unfinished, last_finished) in wanted.items():
+        newer = trial.trial_id > last_finished
+        which = sqlalchemy.or_(newer, trial.trial_id.in_(unfinished)) if unfinished else newer
+        conditions.append(sqlalchemy.and_(trial.study_id == sid, which))
+    if not conditions:
+        return []
+    loads = [sqlalchemy.orm.selectinload(getattr(trial, r)) for r in _RELATIONS]
+    with _create_scoped_session(backend.scoped_session) as session:
+        rows = session.query(trial).options(*loads).filter(sqlalchemy.or_(*conditions)).all()
+        build = backend._build_frozen_trial_from_trial_model
+        read = [(_study_of(m), build(m)) for m in rows]
+        if check:
+            _check_studies(session, set(wanted) - {sid for sid, _ in read})
+    return read
+
+
+def _check_studies(session: sqlalchemy.orm.Session, sids: set[int]) -> None:
+    """``KeyError`` (as Optuna's reads raise) unless every study in ``sids`` exists."""
+    from optuna.storages._rdb import models
+
+    if not sids:
+        return
+    study = models.StudyModel
+    found = {int(i) for (i,) in session.query(study.study_id).filter(study.study_id.in_(sids)).all()}
+    missing = sorted(sids - found)
+    if missing:
+        raise KeyError(f"No study with study_id {missing[0]} exists.")
 
 
 def _study_of(row: Any) -> int:

@@ -27,8 +27,12 @@ from typing import Any
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._grpc import client as _optuna_client  # private: the channel is made in _setup
+from optuna.storages._grpc import servicer as _optuna_servicer  # private: trials from their messages
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial
 
 from skiptune.errors import SkiptuneError
+from skiptune.storage import proxy_reads
 
 BEAT_ATTR = "skiptune_beat"  # trial system attr: the heartbeat counter (read by the stale sweep)
 
@@ -88,6 +92,8 @@ class FleetProxy(_optuna_client.GrpcStorageProxy):
         self.heartbeat_interval = heartbeat_interval
         self.grace_period = grace_period
         self._beats = itertools.count(1)
+        self._many_reads = True  # the proxy answers GetManyTrials (False after an UNIMPLEMENTED)
+        self._directions: dict[int, list[StudyDirection]] = {}  # never change: read once (every tell asks)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # printed by every verb
             super().__init__(host=host, port=port)
@@ -96,6 +102,49 @@ class FleetProxy(_optuna_client.GrpcStorageProxy):
         self._channel = make_channel(self._host, self._port, tls=self.tls)
         self._stub = _optuna_client.api_pb2_grpc.StorageServiceStub(self._channel)
         self._cache = _optuna_client.GrpcClientCache(self._stub)
+
+    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
+        if study_id not in self._directions:
+            self._directions[study_id] = super().get_study_directions(study_id)
+        return list(self._directions[study_id])
+
+    def delete_study(self, study_id: int) -> None:
+        self._directions.pop(study_id, None)
+        super().delete_study(study_id)
+
+    def read_many(self, sids: list[int]) -> dict[int, list[FrozenTrial]]:
+        """``{sid: trials}`` (not copies) of many studies in one call (``proxy_reads.GetManyTrials``):
+        the unfinished and new trials of each, into Optuna's client cache, which keeps the finished
+        ones. A proxy without the call (Optuna's own) is read study by study."""
+        import grpc
+
+        if self._many_reads:
+            try:
+                return self._read_many_at_once(sids)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    raise KeyError(exc.details()) from exc
+                if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                self._many_reads = False
+        return {sid: self.get_all_trials(sid, deepcopy=False) for sid in sids}
+
+    def _read_many_at_once(self, sids: list[int]) -> dict[int, list[FrozenTrial]]:
+        from optuna.storages._grpc.auto_generated import api_pb2
+
+        cache = self._cache
+        sids = list(dict.fromkeys(sids))
+        with cache.lock:
+            entries = [cache.studies.setdefault(sid, _optuna_client.GrpcClientCacheEntry()) for sid in sids]
+            asked = [_trials_request(sid, e).SerializeToString() for sid, e in zip(sids, entries)]
+            call = self._channel.unary_unary(proxy_reads.PATH)
+            replies = proxy_reads.unpack(call(proxy_reads.pack(asked)))
+            if len(replies) != len(sids):
+                raise SkiptuneError(f"the proxy answered {len(replies)} studies' trials for {len(sids)}")
+            for sid, reply in zip(sids, replies, strict=True):
+                for proto in api_pb2.GetTrialsReply.FromString(reply).trials:
+                    cache._add_trial_to_cache(sid, _optuna_servicer._from_proto_trial(proto))
+            return {sid: sorted(e.trials.values(), key=_number) for sid, e in zip(sids, entries, strict=True)}
 
     def get_heartbeat_interval(self) -> int | None:
         return self.heartbeat_interval
@@ -133,3 +182,18 @@ class FleetProxy(_optuna_client.GrpcStorageProxy):
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
                     raise
             time.sleep(0.5)
+
+
+def _trials_request(sid: int, entry: _optuna_client.GrpcClientCacheEntry) -> Any:
+    """Optuna's client cache's request: the study's unfinished trials and those after its last finished."""
+    from optuna.storages._grpc.auto_generated import api_pb2
+
+    return api_pb2.GetTrialsRequest(
+        study_id=sid,
+        included_trial_ids=entry.unfinished_trial_ids,
+        trial_id_greater_than=entry.last_finished_trial_id,
+    )
+
+
+def _number(trial: FrozenTrial) -> int:
+    return trial.number

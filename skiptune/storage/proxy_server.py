@@ -8,6 +8,8 @@ service (Optuna's own servicer) on a ``grpc.server`` with:
 * a token check (a ``grpc.ServerInterceptor``): every call must carry ``authorization: Bearer TOKEN``
   (what ``grpc.access_token_call_credentials`` sends), compared in constant time; others are answered
   UNAUTHENTICATED and never reach the database. The token is never logged;
+* cheaper trial reads (``proxy_reads.py``): ``GetTrials`` straight from the database, and many
+  studies' in one call;
 * storage errors made sortable for the workers: Optuna's servicer turns a database outage into
   gRPC's UNKNOWN with a message that says nothing of its cause; here a transient database failure
   (``failures.classify``) is answered UNAVAILABLE, which workers retry like an outage of
@@ -27,10 +29,10 @@ from typing import Any
 
 import grpc
 import optuna
-from optuna.storages._grpc import servicer as _optuna_servicer  # private: the service Optuna serves
 from optuna.storages._grpc.auto_generated import api_pb2_grpc as _optuna_api
 
 from skiptune.storage.failures import TRANSIENT, classify, first_line
+from skiptune.storage.proxy_reads import FleetStorageService, many_trials_handler
 
 _log = logging.getLogger(__name__)
 
@@ -70,9 +72,9 @@ def build_server(
     interceptors: list[Any] = [_TokenCheck(security.token)] if security.token else []
     interceptors.append(_StorageErrors())
     server = grpc.server(ThreadPoolExecutor(max_workers=threads), interceptors=interceptors)
-    _optuna_api.add_StorageServiceServicer_to_server(
-        _optuna_servicer.OptunaStorageProxyService(storage), server
-    )
+    service = FleetStorageService(storage)  # Optuna's, with cheaper trial reads (proxy_reads.py)
+    _optuna_api.add_StorageServiceServicer_to_server(service, server)
+    server.add_generic_rpc_handlers((many_trials_handler(service),))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # an IPv6 address in brackets
     if security.tls:
         assert security.private_key is not None and security.cert_chain is not None
