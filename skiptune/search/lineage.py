@@ -140,7 +140,7 @@ def release(study: optuna.Study, trial: optuna.Trial, why: str) -> bool:
     reason = f"{why}; params re-enqueued" if copied else why
     _log.info("trial %d given back: %s", trial.number, reason)
     trial.set_user_attr(rec.FAIL_ATTR, {"kind": rec.RELEASED, "reason": reason[:500]})
-    study.tell(trial, state=TrialState.FAIL)
+    rec.tell(study, trial, state=TrialState.FAIL)
     return True
 
 

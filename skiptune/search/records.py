@@ -33,6 +33,7 @@ import sqlalchemy.exc
 import sqlalchemy.orm
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
+from skiptune.search.trial_rows import TRIALS, read_trials
 from skiptune.storage.proxy_client import BEAT_ATTR, FleetProxy  # BEAT_ATTR: the heartbeat behind the proxy
 
 # ---- study attributes of a main study
@@ -155,12 +156,9 @@ def read_many(storage: optuna.storages.BaseStorage, sids: list[int]) -> dict[int
     if backend is not None and cache is None:
         with _readers_lock:
             cache = _many_readers.setdefault(backend, _TrialCache(backend))
-    if cache is None or not cache.usable:
+    if cache is None:
         return {sid: storage.get_all_trials(sid, deepcopy=False) for sid in sids}
     return cache.refresh(sids)
-
-
-_RELATIONS = ("params", "values", "user_attributes", "system_attributes", "intermediate_values")
 
 
 class _TrialCache:
@@ -173,7 +171,6 @@ class _TrialCache:
         self._trials: dict[int, dict[int, FrozenTrial]] = {}  # study id -> trial id -> trial
         self._unfinished: dict[int, set[int]] = {}
         self._last_finished: dict[int, int] = {}
-        self.usable = hasattr(backend, "_build_frozen_trial_from_trial_model")  # an Optuna private
 
     def refresh(self, sids: list[int]) -> dict[int, list[FrozenTrial]]:
         with self._lock:
@@ -201,13 +198,13 @@ def read_changed(
 ) -> list[tuple[int, FrozenTrial]]:
     """``(study id, trial)`` of the trials that ``wanted`` asks for: of study ``sid``, those with an id
     above ``last_finished`` or in ``unfinished`` (``wanted[sid] == (unfinished, last_finished)``), the
-    rule of Optuna's caches. One query for all studies and one load per trial table (six statements).
+    rule of Optuna's caches. One query for all studies and one per trial table (six statements), read as
+    rows (``trial_rows.py``).
     ``check``: a study that does not exist raises ``KeyError`` (one statement more, only when a study
     read no trial). Read by the worker's cache (``read_many``) and by the proxy for its clients."""
-    from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
-    trial = models.TrialModel
+    trial = TRIALS.c
     conditions = []
     for sid, (unfinished, last_finished) in wanted.items():
         newer = trial.trial_id > last_finished
@@ -215,11 +212,8 @@ def read_changed(
         conditions.append(sqlalchemy.and_(trial.study_id == sid, which))
     if not conditions:
         return []
-    loads = [sqlalchemy.orm.selectinload(getattr(trial, r)) for r in _RELATIONS]
     with _create_scoped_session(backend.scoped_session) as session:
-        rows = session.query(trial).options(*loads).filter(sqlalchemy.or_(*conditions)).all()
-        build = backend._build_frozen_trial_from_trial_model
-        read = [(_study_of(m), build(m)) for m in rows]
+        read = read_trials(session, sqlalchemy.or_(*conditions))
         if check:
             _check_studies(session, set(wanted) - {sid for sid, _ in read})
     return read
@@ -236,14 +230,6 @@ def _check_studies(session: sqlalchemy.orm.Session, sids: set[int]) -> None:
     missing = sorted(sids - found)
     if missing:
         raise KeyError(f"No study with study_id {missing[0]} exists.")
-
-
-def _study_of(row: Any) -> int:
-    """A trial row's study id (typed ``int | None`` by SQLAlchemy 2.1's mapping, never NULL in the schema)."""
-    sid = row.study_id
-    if sid is None:  # pragma: no cover - the column is NOT NULL
-        raise RuntimeError(f"trial {row.trial_id} has no study")
-    return int(sid)
 
 
 _many_readers: weakref.WeakKeyDictionary[optuna.storages.RDBStorage, _TrialCache]
@@ -269,6 +255,16 @@ def ask_time_trials(study: optuna.Study) -> list[FrozenTrial]:
     suggestions: Optuna's samplers read the study once per trial through this cache (TPE's
     ``use_cache``), so the budget check right after ``ask`` and TPE share one read."""
     return study._get_trials(deepcopy=False, use_cache=True)
+
+
+def tell(
+    study: optuna.Study, trial: optuna.Trial, value: float | None = None, *, state: TrialState | None = None
+) -> None:
+    """``study.tell`` without its last step, a read of the trial for a copy to return that skiptune never
+    uses (one storage call per trial: a gRPC call and six statements on the proxy)."""
+    from optuna.study._tell import _tell_with_warning
+
+    _tell_with_warning(study=study, trial=trial, value_or_values=value, state=state)
 
 
 def pop_waiting(study: optuna.Study) -> optuna.Trial | None:

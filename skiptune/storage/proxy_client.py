@@ -28,7 +28,6 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._grpc import client as _optuna_client  # private: the channel is made in _setup
 from optuna.storages._grpc import servicer as _optuna_servicer  # private: trials from their messages
-from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
 from skiptune.errors import SkiptuneError
@@ -93,7 +92,6 @@ class FleetProxy(_optuna_client.GrpcStorageProxy):
         self.grace_period = grace_period
         self._beats = itertools.count(1)
         self._many_reads = True  # the proxy answers GetManyTrials (False after an UNIMPLEMENTED)
-        self._directions: dict[int, list[StudyDirection]] = {}  # never change: read once (every tell asks)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # printed by every verb
             super().__init__(host=host, port=port)
@@ -102,15 +100,6 @@ class FleetProxy(_optuna_client.GrpcStorageProxy):
         self._channel = make_channel(self._host, self._port, tls=self.tls)
         self._stub = _optuna_client.api_pb2_grpc.StorageServiceStub(self._channel)
         self._cache = _optuna_client.GrpcClientCache(self._stub)
-
-    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
-        if study_id not in self._directions:
-            self._directions[study_id] = super().get_study_directions(study_id)
-        return list(self._directions[study_id])
-
-    def delete_study(self, study_id: int) -> None:
-        self._directions.pop(study_id, None)
-        super().delete_study(study_id)
 
     def read_many(self, sids: list[int]) -> dict[int, list[FrozenTrial]]:
         """``{sid: trials}`` (not copies) of many studies in one call (``proxy_reads.GetManyTrials``):

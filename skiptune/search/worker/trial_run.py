@@ -27,6 +27,7 @@ from skiptune.search.records import (
     ask,
     ask_time_trials,
     study_storage,
+    tell,
     trial_id,
 )
 from skiptune.search.study import StudySpec
@@ -149,7 +150,7 @@ def _evaluate(
                 schedule.rho_bottom, schedule.rho_top, n_samples, value,
             )  # fmt: skip
             if not is_reference and trial.should_prune():
-                study.tell(trial, state=TrialState.PRUNED)
+                tell(study, trial, state=TrialState.PRUNED)
                 return TrialOutcome(trial.number, "pruned", value)
     except (EvaluationError, torch.OutOfMemoryError) as exc:
         fail_trial(study, trial, EVALUATION_FAILED, f"{type(exc).__name__}: {exc}")
@@ -157,14 +158,14 @@ def _evaluate(
     if value is None or not math.isfinite(value):
         fail_trial(study, trial, EVALUATION_FAILED, f"the objective gave no finite value ({value})")
         return TrialOutcome(trial.number, "failed")
-    study.tell(trial, value)
+    tell(study, trial, value)
     return TrialOutcome(trial.number, "complete", value)
 
 
 def fail_trial(study: optuna.Study, trial: optuna.Trial, kind: str, reason: str) -> None:
     _log.info("trial %d failed (%s): %s", trial.number, kind, reason)
     trial.set_user_attr(FAIL_ATTR, {"kind": kind, "reason": reason[:500]})
-    study.tell(trial, state=TrialState.FAIL)
+    tell(study, trial, state=TrialState.FAIL)
 
 
 def release_trial(study: optuna.Study, trial: optuna.Trial) -> bool:

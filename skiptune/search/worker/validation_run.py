@@ -98,7 +98,7 @@ def _run_job(
         fail_trial(study, trial, rec.EVALUATION_FAILED, f"{type(exc).__name__}: {exc}")
         return TrialOutcome(trial.number, "failed")
     trial.set_user_attr(rec.HOLDOUT_ATTR, result.to_dict())
-    study.tell(trial, result.value, state=TrialState.COMPLETE)
+    rec.tell(study, trial, result.value, state=TrialState.COMPLETE)
     clip_means = result.clip_means()
     mean = "" if clip_means is None else f", CLIP score {clip_means[0]:.4g}"
     _log.info("validation job %d %s: held-out %.6g%s", trial.number, params, result.value, mean)
