@@ -27,11 +27,9 @@ from typing import Any
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._grpc import client as _optuna_client  # private: the channel is made in _setup
-from optuna.storages._grpc import servicer as _optuna_servicer  # private: trials from their messages
 from optuna.trial import FrozenTrial
 
 from skiptune.errors import SkiptuneError
-from skiptune.storage import proxy_reads
 
 BEAT_ATTR = "skiptune_beat"  # trial system attr: the heartbeat counter (read by the stale sweep)
 
@@ -119,7 +117,10 @@ class FleetProxy(_optuna_client.GrpcStorageProxy):
         return {sid: self.get_all_trials(sid, deepcopy=False) for sid in sids}
 
     def _read_many_at_once(self, sids: list[int]) -> dict[int, list[FrozenTrial]]:
+        from optuna.storages._grpc import servicer as _optuna_servicer  # private: trials from messages
         from optuna.storages._grpc.auto_generated import api_pb2
+
+        from skiptune.storage import proxy_reads  # these import grpc: not in the workers of a database
 
         cache = self._cache
         sids = list(dict.fromkeys(sids))
