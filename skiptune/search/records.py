@@ -33,7 +33,6 @@ import sqlalchemy.exc
 import sqlalchemy.orm
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from skiptune.search.trial_rows import TRIALS, read_trials
 from skiptune.storage.proxy_client import BEAT_ATTR, FleetProxy  # BEAT_ATTR: the heartbeat behind the proxy
 
 # ---- study attributes of a main study
@@ -203,6 +202,8 @@ def read_changed(
     ``check``: a study that does not exist raises ``KeyError`` (one statement more, only when a study
     read no trial). Read by the worker's cache (``read_many``) and by the proxy for its clients."""
     from optuna.storages._rdb.storage import _create_scoped_session
+
+    from skiptune.search.trial_rows import TRIALS, read_trials  # Optuna's schema: imported when first read
 
     trial = TRIALS.c
     conditions = []
