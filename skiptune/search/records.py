@@ -1,4 +1,5 @@
-"""What skiptune records in Optuna's schema, and the only code that touches Optuna's private attributes.
+"""What skiptune records in Optuna's schema; the only code that touches Optuna's private attributes but for
+Optuna's tables read as rows (``trial_rows.py``) and the proxy's two sides (``storage/proxy_*.py``).
 
 The database is Optuna's RDB schema, unmodified; skiptune's own facts live in study and trial user
 attributes whose keys all start with ``skiptune_`` and are listed here. A skiptune *experiment* is one
