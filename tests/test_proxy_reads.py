@@ -94,6 +94,23 @@ def test_many_studies_in_one_call_as_the_database_holds_them(storage_url: str, t
     assert "Traceback" not in proxy.log()
 
 
+def test_a_fresh_proxy_takes_writes_to_a_trial_it_never_read(storage_url: str, tmp_path: Path) -> None:
+    """A worker holding a trial when its proxy restarts writes the trial's next parameter through the new
+    proxy process, which has not read that study yet (Optuna's cache raised KeyError: NOT_FOUND)."""
+    db = open_storage(storage_url)
+    sid = db.create_new_study([optuna.study.StudyDirection.MINIMIZE], "fresh-proxy")
+    held = db.create_new_trial(sid)  # RUNNING, created before this proxy started
+    with running_proxy(storage_url, tmp_path / "proxy.log") as proxy:
+        storage = open_storage(proxy.url)
+        storage.set_trial_param(held, "x", 0.25, X)  # the first call this proxy process serves
+        storage.set_trial_param(held, "y", 0.5, X)
+        assert db.get_trial(held).params == {"x": 0.25, "y": 0.5}
+        with pytest.raises(KeyError):
+            storage.set_trial_param(held + 1000, "x", 0.25, X)  # no such trial: NOT_FOUND as before
+        assert proxy.terminate() == 0
+    assert "Traceback" not in proxy.log()
+
+
 @contextmanager
 def _optuna_proxy(db_url: str) -> Iterator[int]:
     """Optuna's own proxy server (no GetManyTrials), in this process."""

@@ -15,7 +15,8 @@ each, and these reads were most of the proxy's CPU (benchmarks/service_scaling.p
   UNIMPLEMENTED and the client reads study by study.
 
 Every trial read is still registered in the ``_CachedStorage`` (trial id -> study and number), which
-its writes (``set_trial_param``) need for a trial that this process did not create.
+its writes (``set_trial_param``) need for a trial that this process did not create; a trial written
+before this process read it (a proxy restarted under a worker) is read and registered first.
 """
 
 from __future__ import annotations
@@ -86,6 +87,28 @@ class FleetStorageService(_optuna_servicer.OptunaStorageProxyService):
         if self._rdb is None:
             return super().GetTrials(request, context)
         return self._replies([request], context)[0]
+
+    def SetTrialParameter(self, request: Any, context: Any) -> Any:  # gRPC's method name
+        self._know(request.trial_id)
+        return super().SetTrialParameter(request, context)
+
+    def _know(self, trial_id: int) -> None:
+        """Register a trial this process has neither created nor read (a proxy restarted while a worker
+        held it, or another process of ``--processes`` served its reads): ``_CachedStorage``'s
+        ``set_trial_param`` looks the trial up in its own maps and raises ``KeyError`` otherwise."""
+        known: Any = getattr(self._backend, "_trial_id_to_study_id_and_number", None)
+        if self._rdb is None or known is None or trial_id in known:
+            return
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        from skiptune.search.trial_rows import TRIALS, read_trials
+
+        with _create_scoped_session(self._rdb.scoped_session) as session:
+            read = read_trials(session, TRIALS.c.trial_id == trial_id)
+        by_study: dict[int, list[FrozenTrial]] = {}
+        for sid, frozen in read:  # none: the write raises KeyError (NOT_FOUND) as before
+            by_study.setdefault(sid, []).append(frozen)
+        self._register(by_study)
 
     def get_many_trials(self, data: bytes, context: Any) -> bytes:
         try:
