@@ -1,4 +1,4 @@
-"""``search/trial_rows.py`` decodes Optuna's tables as Optuna does: every kind of value, checked against
+"""``storage/trial_rows.py`` decodes Optuna's tables as Optuna does: every kind of value, checked against
 ``RDBStorage.get_all_trials`` on SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from skiptune.search.records import read_changed
 from skiptune.storage import open_storage
+from skiptune.storage.trial_rows import read_changed
 
 pytest_plugins = ["storage_fixtures"]  # storage_url (sqlite + postgresql)
 

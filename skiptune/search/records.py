@@ -1,5 +1,5 @@
 """What skiptune records in Optuna's schema; the only code that touches Optuna's private attributes but for
-Optuna's tables read as rows (``trial_rows.py``) and the proxy's two sides (``storage/proxy_*.py``).
+Optuna's tables read as rows (``storage/trial_rows.py``) and the proxy's two sides (``storage/proxy_*.py``).
 
 The database is Optuna's RDB schema, unmodified; skiptune's own facts live in study and trial user
 attributes whose keys all start with ``skiptune_`` and are listed here. A skiptune *experiment* is one
@@ -173,6 +173,8 @@ class _TrialCache:
         self._last_finished: dict[int, int] = {}
 
     def refresh(self, sids: list[int]) -> dict[int, list[FrozenTrial]]:
+        from skiptune.storage.trial_rows import read_changed  # Optuna's schema: imported when first read
+
         with self._lock:
             wanted = {}
             for sid in sids:
@@ -191,47 +193,6 @@ class _TrialCache:
             self._last_finished[sid] = max(self._last_finished[sid], tid)
         else:
             self._unfinished[sid].add(tid)
-
-
-def read_changed(
-    backend: optuna.storages.RDBStorage, wanted: dict[int, tuple[set[int], int]], *, check: bool = True
-) -> list[tuple[int, FrozenTrial]]:
-    """``(study id, trial)`` of the trials that ``wanted`` asks for: of study ``sid``, those with an id
-    above ``last_finished`` or in ``unfinished`` (``wanted[sid] == (unfinished, last_finished)``), the
-    rule of Optuna's caches. One query for all studies and one per trial table (six statements), read as
-    rows (``trial_rows.py``).
-    ``check``: a study that does not exist raises ``KeyError`` (one statement more, only when a study
-    read no trial). Read by the worker's cache (``read_many``) and by the proxy for its clients."""
-    from optuna.storages._rdb.storage import _create_scoped_session
-
-    from skiptune.search.trial_rows import TRIALS, read_trials  # Optuna's schema: imported when first read
-
-    trial = TRIALS.c
-    conditions = []
-    for sid, (unfinished, last_finished) in wanted.items():
-        newer = trial.trial_id > last_finished
-        which = sqlalchemy.or_(newer, trial.trial_id.in_(unfinished)) if unfinished else newer
-        conditions.append(sqlalchemy.and_(trial.study_id == sid, which))
-    if not conditions:
-        return []
-    with _create_scoped_session(backend.scoped_session) as session:
-        read = read_trials(session, sqlalchemy.or_(*conditions))
-        if check:
-            _check_studies(session, set(wanted) - {sid for sid, _ in read})
-    return read
-
-
-def _check_studies(session: sqlalchemy.orm.Session, sids: set[int]) -> None:
-    """``KeyError`` (as Optuna's reads raise) unless every study in ``sids`` exists."""
-    from optuna.storages._rdb import models
-
-    if not sids:
-        return
-    study = models.StudyModel
-    found = {int(i) for (i,) in session.query(study.study_id).filter(study.study_id.in_(sids)).all()}
-    missing = sorted(sids - found)
-    if missing:
-        raise KeyError(f"No study with study_id {missing[0]} exists.")
 
 
 _many_readers: weakref.WeakKeyDictionary[optuna.storages.RDBStorage, _TrialCache]

@@ -6,7 +6,7 @@ it reads the study's unfinished and new trials from the database (seven statemen
 filters the study's whole list. A worker's loop reads every study it serves at each turn, one call
 each, and these reads were most of the proxy's CPU (benchmarks/service_scaling.py). Here:
 
-* ``GetTrials`` is read straight from the database with the client's own filter (``records.read_changed``),
+* ``GetTrials`` is read straight from the database with the client's own filter (``trial_rows.read_changed``),
   without the cache's lock and without touching the trials the client already holds;
 * ``/skiptune.TrialReads/GetManyTrials`` answers the ``GetTrials`` of many studies in one call and one
   query (six statements for all of them). Its messages are Optuna's: the request is a protobuf
@@ -101,7 +101,7 @@ class FleetStorageService(_optuna_servicer.OptunaStorageProxyService):
             return
         from optuna.storages._rdb.storage import _create_scoped_session
 
-        from skiptune.search.trial_rows import TRIALS, read_trials
+        from skiptune.storage.trial_rows import TRIALS, read_trials
 
         with _create_scoped_session(self._rdb.scoped_session) as session:
             read = read_trials(session, TRIALS.c.trial_id == trial_id)
@@ -122,7 +122,7 @@ class FleetStorageService(_optuna_servicer.OptunaStorageProxyService):
         return pack([r.SerializeToString() for r in replies])
 
     def _replies(self, requests: list[Any], context: Any) -> list[Any]:
-        from skiptune.search.records import read_changed
+        from skiptune.storage.trial_rows import read_changed
 
         assert self._rdb is not None
         wanted: dict[int, tuple[set[int], int]] = {}

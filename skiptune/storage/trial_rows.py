@@ -16,10 +16,12 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import optuna
 import sqlalchemy
 import sqlalchemy.orm
 from optuna.distributions import BaseDistribution, json_to_distribution
 from optuna.storages._rdb import models  # private: Optuna's schema
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial
 
 TRIALS = models.TrialModel.__table__
@@ -115,3 +117,38 @@ _PART_QUERIES = (
 def _distribution(dist_json: str) -> BaseDistribution:
     """A parameter's distribution (a study has a few, repeated in every trial's row: parsed once)."""
     return json_to_distribution(dist_json)
+
+
+def read_changed(
+    backend: optuna.storages.RDBStorage, wanted: dict[int, tuple[set[int], int]], *, check: bool = True
+) -> list[tuple[int, FrozenTrial]]:
+    """``(study id, trial)`` of the trials that ``wanted`` asks for: of study ``sid``, those with an id
+    above ``last_finished`` or in ``unfinished`` (``wanted[sid] == (unfinished, last_finished)``), the
+    rule of Optuna's caches. One query for all studies and one per trial table (six statements), read as
+    rows (``read_trials``).
+    ``check``: a study that does not exist raises ``KeyError`` (one statement more, only when a study
+    read no trial). Read by the worker's cache (``read_many``) and by the proxy for its clients."""
+    trial = TRIALS.c
+    conditions = []
+    for sid, (unfinished, last_finished) in wanted.items():
+        newer = trial.trial_id > last_finished
+        which = sqlalchemy.or_(newer, trial.trial_id.in_(unfinished)) if unfinished else newer
+        conditions.append(sqlalchemy.and_(trial.study_id == sid, which))
+    if not conditions:
+        return []
+    with _create_scoped_session(backend.scoped_session) as session:
+        read = read_trials(session, sqlalchemy.or_(*conditions))
+        if check:
+            _check_studies(session, set(wanted) - {sid for sid, _ in read})
+    return read
+
+
+def _check_studies(session: sqlalchemy.orm.Session, sids: set[int]) -> None:
+    """``KeyError`` (as Optuna's reads raise) unless every study in ``sids`` exists."""
+    if not sids:
+        return
+    study = models.StudyModel
+    found = {int(i) for (i,) in session.query(study.study_id).filter(study.study_id.in_(sids)).all()}
+    missing = sorted(sids - found)
+    if missing:
+        raise KeyError(f"No study with study_id {missing[0]} exists.")
