@@ -25,6 +25,7 @@ from test_grpc_proxy import START_TIMEOUT_S, Proxy, _free_port
 from skiptune.cli import main as cli
 from skiptune.cli.proxy_cmd import add_arguments
 from skiptune.errors import SkiptuneError
+from skiptune.search.records import read_many
 from skiptune.storage import open_storage
 from skiptune.storage.proxy_client import CA_ENV, TOKEN_ENV
 
@@ -181,6 +182,9 @@ def test_fleet_with_the_token_gets_in_and_nobody_else(
         assert f"on 127.0.0.1:{proxy.port} (TLS, token required" in proxy.log()
         study = optuna.create_study(study_name="in", storage=open_storage(url))  # the fleet's way in
         study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+        fleet = open_storage(url)  # a worker's per-turn read (skiptune's own call) passes the token check too
+        sid = fleet.get_study_id_from_name("in")
+        assert len(read_many(fleet, [sid])[sid]) == 2 and getattr(fleet, "_many_reads", False)
         # without the token, and with a wrong one: one line that says what to set
         for token, why in ((None, "is not set"), ("wrong-" + TOKEN, "is set but is not the proxy.s token")):
             if token is None:
