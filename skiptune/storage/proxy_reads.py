@@ -21,6 +21,7 @@ before this process read it (a proxy restarted under a worker) is read and regis
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
@@ -105,10 +106,7 @@ class FleetStorageService(_optuna_servicer.OptunaStorageProxyService):
 
         with _create_scoped_session(self._rdb.scoped_session) as session:
             read = read_trials(session, TRIALS.c.trial_id == trial_id)
-        by_study: dict[int, list[FrozenTrial]] = {}
-        for sid, frozen in read:  # none: the write raises KeyError (NOT_FOUND) as before
-            by_study.setdefault(sid, []).append(frozen)
-        self._register(by_study)
+        self._register(_by_study(read))  # none read: the write raises KeyError (NOT_FOUND) as before
 
     def get_many_trials(self, data: bytes, context: Any) -> bytes:
         try:
@@ -133,9 +131,7 @@ class FleetStorageService(_optuna_servicer.OptunaStorageProxyService):
             read = read_changed(self._rdb, wanted)
         except KeyError as exc:
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        by_study: dict[int, list[FrozenTrial]] = {sid: [] for sid in wanted}
-        for sid, frozen in read:
-            by_study[sid].append(frozen)
+        by_study = _by_study(read, wanted)
         self._register(by_study)
         return [_reply(r, by_study[r.study_id]) for r in requests]
 
@@ -151,6 +147,14 @@ class FleetStorageService(_optuna_servicer.OptunaStorageProxyService):
                 if trials:
                     cached._studies.setdefault(sid, _StudyInfo())
                     cached._add_trials_to_cache(sid, trials)
+
+
+def _by_study(read: list[tuple[int, FrozenTrial]], sids: Iterable[int] = ()) -> dict[int, list[FrozenTrial]]:
+    """``(study id, trial)`` pairs as trials by study; every study of ``sids`` is there, if need be empty."""
+    out: dict[int, list[FrozenTrial]] = {sid: [] for sid in sids}
+    for sid, frozen in read:
+        out.setdefault(sid, []).append(frozen)
+    return out
 
 
 def _reply(request: Any, trials: list[FrozenTrial]) -> Any:
