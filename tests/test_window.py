@@ -279,6 +279,27 @@ def test_refinement_around_one_one_finds_a_gain_the_box_missed(
     assert best.box is not None and best.box["rho_bottom"] == [0.2, 0.5]  # the search box, not refine's
 
 
+def test_the_refinement_box_follows_a_band_the_trials_show(
+    search_assets: SearchAssets, tmp_path: Path
+) -> None:
+    class Band(LevelObjective):
+        """A valley 40x steeper along rho_top than along rho_bottom, through (0.8, 0.99)."""
+
+        def value(self, schedule: Any) -> float:
+            return 1.0 + 0.5 * (schedule.rho_bottom - 0.8) ** 2 + 20 * (schedule.rho_top - 0.99) ** 2
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    args = search_assets.study_args(nfes="4", trials=10, storage=url, rungs="16")  # no pruning: 10 complete
+    held_out = ["--validate-samples", "24", "--validate-blocks", "4", "--growth-trials", "0"]
+    assert cli([*args, *held_out, "--no-window", "--refine-trials", "3", "--seed", "3"]) == 0
+    run_worker(url, model=str(search_assets.model), device="cpu", heartbeat=1, grace=3, seed=3,
+               objective_factory=lambda net, spec, **_: Band(spec))  # fmt: skip
+    (phase,) = [p for p in _experiment(url).phases if p.kind == rec.REFINE]
+    (b0, b1), (t0, t1) = phase.space.rho_bottom, phase.space.rho_top
+    assert (b1 - b0) >= 2 * (t1 - t0)  # long along rho_bottom, narrow across the band
+    assert (b1 - b0) * (t1 - t0) == pytest.approx(0.2 * 0.2, rel=1e-6)  # the square's area (inside [0, 2])
+
+
 # ------------------------------------------------------------------------------- many processes
 
 

@@ -183,6 +183,14 @@ def add_validation_options(parser: argparse.ArgumentParser) -> None:
         help="the refinement box's half-width, a fraction of the search box's width (default: %(default)s)",
     )
     group.add_argument(
+        "--refine-shape",
+        choices=("landscape", "square"),
+        default="landscape",
+        help="landscape: the refinement box keeps the square's area, longer along the coefficient the "
+        "study's trials vary least with (their fitted length scales); square: equal sides "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
         "--window-trials",
         type=int,
         default=None,
@@ -227,6 +235,7 @@ def validation_settings(args: argparse.Namespace, *, n_trials: int) -> Any:  # -
         edge=args.growth_edge,
         refine_trials=args.refine_trials,
         refine_radius=args.refine_radius,
+        refine_shape=args.refine_shape,
         window_trials=0 if args.no_window else args.window_trials,
         window_candidates=args.window_candidates,
     )

@@ -20,8 +20,11 @@ DEFAULT_WINDOW_TRIALS = 16
 #: Held-out seeds start this far above the search's seed base: disjoint from any search block below 1e9.
 HOLDOUT_OFFSET = 1_000_000_000
 CALIBRATIONS = ("t", "normal")
+REFINE_SHAPES = ("landscape", "square")
 #: What a study stored before these settings existed behaves as (its answer must not move).
-_BEFORE_STAGES: dict[str, Any] = {"calibration": "normal", "window_trials": 0, "refine_trials": 0}
+_BEFORE_STAGES: dict[str, Any] = {
+    "calibration": "normal", "window_trials": 0, "refine_trials": 0, "refine_shape": "square"
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class ValidationSettings:
     window_candidates: int = 2  # window stage: screened windows validated on the held-out seeds
     refine_trials: int = 0  # refinement: search trials in a small box around the answer (0: none)
     refine_radius: float = 0.1  # refinement box half-width, as a fraction of the search box's width
+    refine_shape: str = "landscape"  # "landscape": sides from the trials' length scales (same area); "square"
     clip_guard: str | None = None  # prompt-alignment guard: a local CLIP folder (absolute path; None: off)
     clip_sha256: str | None = None  # that folder's identity (``objectives.clip_score``), checked by workers
 
@@ -56,6 +60,7 @@ class ValidationSettings:
             (self.window_candidates >= 1, f"window candidates {self.window_candidates}", "an integer >= 1"),
             (self.refine_trials >= 0, f"refine trials {self.refine_trials}", "an integer >= 0 (0: off)"),
             (0 < self.refine_radius <= 0.5, f"refine radius {self.refine_radius}", "a fraction in (0, 0.5]"),
+            (self.refine_shape in REFINE_SHAPES, f"refine shape {self.refine_shape!r}", "landscape/square"),
         ]
         for ok, what, expected in checks:
             if not ok:

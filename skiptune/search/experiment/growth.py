@@ -45,12 +45,15 @@ def grown_space(space: SearchSpace, best: dict[str, float], *, edge: float) -> S
     return replace(space, rho_bottom=boxes["rho_bottom"], rho_top=boxes["rho_top"])
 
 
-def refine_space(box: SearchSpace, center: dict[str, float], *, radius: float) -> SearchSpace:
-    """A box of half-width ``radius`` x ``box``'s width around ``center`` (clamped to the hard limits)."""
+def refine_space(
+    box: SearchSpace, center: dict[str, float], *, radius: float, aspect: float = 1.0
+) -> SearchSpace:
+    """A box of half-widths ``radius`` x ``box``'s widths x (``aspect``, 1 / ``aspect``) around ``center``
+    (clamped to the hard limits; ``refine_shape`` chooses the aspect)."""
     sides = {}
-    for name in ("rho_bottom", "rho_top"):
+    for name, factor in (("rho_bottom", aspect), ("rho_top", 1 / aspect)):
         lo, hi = getattr(box, name)
-        half = radius * (hi - lo)
+        half = radius * (hi - lo) * factor
         value = float(center[name])
         sides[name] = (max(RHO_HARD_LIMITS[0], value - half), min(RHO_HARD_LIMITS[1], value + half))
     return replace(box, rho_bottom=sides["rho_bottom"], rho_top=sides["rho_top"])

@@ -50,5 +50,6 @@ def request_validation(
 def _fixed(settings: ValidationSettings) -> dict[str, Any]:
     """The settings a round fixes; the later stages' (calibration, window, refinement) keep the stored
     values (a study validated before they existed keeps its behaviour)."""
-    later = ("calibration", "window_trials", "window_candidates", "refine_trials", "refine_radius")
+    later = ("calibration", "window_trials", "window_candidates", "refine_trials", "refine_radius",
+             "refine_shape")  # fmt: skip
     return {k: v for k, v in settings.to_dict().items() if k not in later}

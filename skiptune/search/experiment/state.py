@@ -41,6 +41,7 @@ from skiptune.objectives.holdout import BlockDistances
 from skiptune.search import records as rec
 from skiptune.search.budget import used_budget
 from skiptune.search.experiment.growth import grown_space, refine_space
+from skiptune.search.experiment.refine_shape import aspect, length_scales
 from skiptune.search.experiment.validation import VALIDATED, Decision, decide, prefer_window
 from skiptune.search.experiment.window import Span, next_spans, span_of, window_params, window_space
 from skiptune.search.settings import ValidationSettings
@@ -435,7 +436,22 @@ def refine_plan(exp: Experiment) -> tuple[SearchSpace, int] | None:
     decision = exp.full_range_decision()
     if decision is None or growth_plan(exp) is not None:
         return None
-    return refine_space(exp.box, decision.params, radius=settings.refine_radius), settings.refine_trials
+    space = refine_space(exp.box, decision.params, radius=settings.refine_radius, aspect=_refine_aspect(exp))
+    return space, settings.refine_trials
+
+
+def _refine_aspect(exp: Experiment) -> float:
+    """The refinement box's aspect (``refine_shape``): from the completed trials of every phase."""
+    if exp.settings is None or exp.settings.refine_shape == "square":
+        return 1.0
+    done = [
+        t for p in exp.phases for t in p.trials
+        if t.state == TrialState.COMPLETE and t.value is not None
+        and t.user_attrs.get(rec.ROLE_ATTR) != rec.PRIOR
+    ]  # fmt: skip
+    points = [(float(t.params["rho_bottom"]), float(t.params["rho_top"])) for t in done]
+    widths = (exp.box.rho_bottom[1] - exp.box.rho_bottom[0], exp.box.rho_top[1] - exp.box.rho_top[0])
+    return aspect(length_scales(points, [float(t.value or math.nan) for t in done], widths))
 
 
 def _maybe_refine(storage: optuna.storages.BaseStorage, exp: Experiment) -> bool:
