@@ -141,7 +141,7 @@ def test_threshold_uses_the_t_quantile_for_the_blocks() -> None:
     old = ValidationSettings.from_dict({"n_samples": 200, "seed_base": 500, "threshold": 2.0})
     assert (old.critical, old.window_trials, old.refine_trials) == (2.0, 0, 0)
     new = ValidationSettings.default_for(search_samples=100, search_seed_base=0, n_trials=30)
-    assert (new.window_trials, new.refine_trials, new.calibration) == (16, 8, "t")
+    assert (new.window_trials, new.refine_trials, new.calibration) == (16, 15, "t")
     assert ValidationSettings.from_dict(new.to_dict()) == new
 
 

@@ -173,7 +173,7 @@ def add_validation_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="T",
         help="after validation, search T more trials in a small box around the answer (around (1, 1) "
-        "for no-gain) and validate again; 0: off (default: a quarter of --trials)",
+        "for no-gain) and validate again; 0: off (default: half of --trials)",
     )
     group.add_argument(
         "--refine-radius",

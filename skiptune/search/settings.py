@@ -107,6 +107,6 @@ class ValidationSettings:
             seed_base=search_seed_base + HOLDOUT_OFFSET,
             growth_budget=math.ceil(n_trials / 3),
             window_trials=DEFAULT_WINDOW_TRIALS,
-            refine_trials=math.ceil(n_trials / 4),
+            refine_trials=math.ceil(n_trials / 2),
         )
         return cls(**{**base, **{k: v for k, v in changes.items() if v is not None}})
