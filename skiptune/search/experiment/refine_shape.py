@@ -7,7 +7,7 @@ rho_bottom (a Gaussian process fitted to the GPU runs' trials, docs/results.md: 
 runs of docs/results.md answered `no-gain` there one time in three. The box keeps the square's area and
 takes its aspect from length scales fitted to the study's own completed trials: log distances at the last
 rung (the same seeds for every trial), clipped to 1 above the best (e: 2.7 times the best distance; far
-worse trials only say "far"), a zero-mean-after-median Gaussian process with an anisotropic
+worse trials only say "far") less their median, a Gaussian process with an anisotropic
 squared-exponential kernel, length scales and noise chosen by marginal likelihood over a fixed grid.
 Deterministic: any worker that plans the refinement computes the same box.
 """

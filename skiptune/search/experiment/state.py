@@ -163,7 +163,7 @@ class Experiment:
             return SEARCHING
         if pending_candidates(self) or not all(r.done for r in self.rounds) or self.unready:
             return VALIDATING
-        if refine_plan(self) is not None or window_due(self):
+        if refine_due(self) or window_due(self):
             return VALIDATING
         decision = self.decision()
         return decision.status if decision is not None else VALIDATING
@@ -427,17 +427,23 @@ def _maybe_grow(storage: optuna.storages.BaseStorage, exp: Experiment) -> bool:
     return _new_phase(storage, exp, rec.GROW, growth_plan(exp), "growing the box of")
 
 
-def refine_plan(exp: Experiment) -> tuple[SearchSpace, int] | None:
-    """The refinement's box (around the full-range answer: the validated best, or (1, 1) for no-gain)
-    and budget, once no growth is due, if it is on and has not run (once per experiment)."""
+def refine_due(exp: Experiment) -> bool:
+    """A refinement is on, has not run (once per experiment), and no growth is due before it."""
     settings = exp.settings
     if settings is None or settings.refine_trials == 0 or any(p.kind == rec.REFINE for p in exp.phases):
-        return None
+        return False
+    return exp.full_range_decision() is not None and growth_plan(exp) is None
+
+
+def refine_plan(exp: Experiment) -> tuple[SearchSpace, int] | None:
+    """The refinement's box (around the full-range answer: the validated best, or (1, 1) for no-gain)
+    and budget, if it is due."""
     decision = exp.full_range_decision()
-    if decision is None or growth_plan(exp) is not None:
+    if not refine_due(exp) or decision is None or exp.settings is None:
         return None
-    space = refine_space(exp.box, decision.params, radius=settings.refine_radius, aspect=_refine_aspect(exp))
-    return space, settings.refine_trials
+    center = decision.params
+    space = refine_space(exp.box, center, radius=exp.settings.refine_radius, aspect=_refine_aspect(exp))
+    return space, exp.settings.refine_trials
 
 
 def _refine_aspect(exp: Experiment) -> float:
