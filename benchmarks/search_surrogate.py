@@ -145,6 +145,7 @@ class Landscape:
     signal: float
     shrink: float = 1.0
     offset: float = 0.0
+    flat: bool = False  # no pair changes the distance: every `validated` answer is a false positive
 
     @classmethod
     def fit(cls, rows: np.ndarray, best_gain: float) -> Landscape:
@@ -176,6 +177,8 @@ class Landscape:
         return self.mean + self.signal * np.exp(-0.5 * (d**2).sum(-1)) @ self.alpha
 
     def __call__(self, rho_bottom: float, rho_top: float) -> float:
+        if self.flat:
+            return 0.0
         f = float(self.raw(np.array([[rho_bottom, rho_top]]))[0]) - self.offset
         return f * self.shrink if f < 0 else f
 
@@ -330,6 +333,7 @@ def summarise(rows: list[dict[str, Any]], lands: dict[tuple[str, int], Landscape
                 below_optimum_1se=sum(r["true_gain"] < optimum - se for r in rs),
                 mean_trials=float(np.mean([r["trials"] for r in rs])),
                 mean_found=float(np.mean([r["found_gain"] for r in rs])),
+            validated=sum(r["status"] == "validated" for r in rs),
             )
         )
     return out
@@ -338,8 +342,9 @@ def summarise(rows: list[dict[str, Any]], lands: dict[tuple[str, int], Landscape
 def markdown(summary: list[dict[str, Any]]) -> str:
     lines = [
         "| config | study | optimum | repeats | mean true gain | worst | within 1 s.e. of best repeat | "
-        "more than 1 s.e. below optimum | no-gain that misses | search trials | best pair tried (mean) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "more than 1 s.e. below optimum | no-gain that misses | search trials | best pair tried (mean) | "
+        "validated |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summary:
         n = s["repeats"]
@@ -347,7 +352,7 @@ def markdown(summary: list[dict[str, Any]]) -> str:
             s["config"], f"{s['sampler']} NFE {s['nfe']}", f"{100 * s['optimum']:+.1f}%", str(n),
             f"{100 * s['mean_gain']:+.1f}%", f"{100 * s['worst_gain']:+.1f}%", f"{s['within_1se']}/{n}",
             f"{s['below_optimum_1se']}/{n}", f"{s['missed_no_gain']}/{n}", f"{s['mean_trials']:.1f}",
-            f"{100 * s['mean_found']:+.1f}%",
+            f"{100 * s['mean_found']:+.1f}%", f"{s['validated']}/{n}",
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -367,12 +372,15 @@ def main() -> int:
         help="per block: independent for every pair, or a smooth random function of the pair",
     )
     p.add_argument("--studies", default=",".join(f"{s}:{n}" for s, n in STUDIES), help="sampler:nfe,...")
+    p.add_argument("--flat", action="store_true", help="no pair helps (noise only): false positives")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--markdown", type=Path)
     args = p.parse_args()
     rows = log_ratios(args.db or DEFAULT_DBS)
     keys = [(s, int(n)) for s, n in (x.split(":") for x in args.studies.split(","))]
     lands = {k: Landscape.fit(rows[k], BEST_GAIN[k]) for k in keys}
+    for land in lands.values():
+        land.flat = args.flat
     for k, land in lands.items():
         b = land.best()
         print(
