@@ -32,7 +32,7 @@ search design loses a real gain on these landscapes; it does not replace a GPU r
 from __future__ import annotations
 
 import argparse
-import itertools
+import contextlib
 import json
 import math
 import multiprocessing
@@ -48,6 +48,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from skiptune.search.experiment.refine_shape import GPFit, fit_gp
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DBS = [
@@ -80,41 +82,41 @@ BIAS = 60.0
 # ------------------------------------------------------------------------------- landscapes
 
 
-def _trials(db: Path) -> Iterator[tuple[str, str, dict[str, float], dict[int, float], str | None]]:
-    """(study root, state, params, rung values, role) of every search trial of one Optuna database."""
-    c = sqlite3.connect(f"file:{db}?mode=ro&immutable=1", uri=True)
-    for sid, name in c.execute("select study_id, study_name from studies"):
-        if re.search(r"/(validate|window)\d+$", name):
-            continue
-        root = re.sub(r"/(grow|refine)\d+$", "", name)
-        for tid, state in c.execute("select trial_id, state from trials where study_id=?", (sid,)):
-            params = dict(
-                c.execute("select param_name, param_value from trial_params where trial_id=?", (tid,))
-            )
-            rungs = dict(
-                c.execute(
-                    "select step, intermediate_value from trial_intermediate_values where trial_id=?", (tid,)
+def _trials(db: Path) -> Iterator[tuple[str, dict[str, float], dict[int, float], str | None]]:
+    """(study root, params, rung values, role) of every search trial of one Optuna database."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro&immutable=1", uri=True)) as c:
+        for sid, name in c.execute("select study_id, study_name from studies").fetchall():
+            if re.search(r"/(validate|window)\d+$", name):
+                continue
+            root = re.sub(r"/(grow|refine)\d+$", "", name)
+            for (tid,) in c.execute("select trial_id from trials where study_id=?", (sid,)).fetchall():
+                params = dict(
+                    c.execute("select param_name, param_value from trial_params where trial_id=?", (tid,))
                 )
-            )
-            role = c.execute(
-                "select value_json from trial_user_attributes where trial_id=? and key='skiptune_role'",
-                (tid,),
-            ).fetchone()
-            if "rho_bottom" in params and rungs and "sigma_a" not in params:
-                yield (
-                    root,
-                    state,
-                    params,
-                    {int(k): v for k, v in rungs.items()},
-                    json.loads(role[0]) if role else None,
+                rungs = dict(
+                    c.execute(
+                        "select step, intermediate_value from trial_intermediate_values where trial_id=?",
+                        (tid,),
+                    )
                 )
+                role = c.execute(
+                    "select value_json from trial_user_attributes where trial_id=? and key='skiptune_role'",
+                    (tid,),
+                ).fetchone()
+                if "rho_bottom" in params and rungs and "sigma_a" not in params:
+                    yield (
+                        root,
+                        params,
+                        {int(k): v for k, v in rungs.items()},
+                        json.loads(role[0]) if role else None,
+                    )
 
 
 def log_ratios(dbs: list[Path]) -> dict[tuple[str, int], np.ndarray]:
     """Per (sampler, NFE): rows (rho_bottom, rho_top, log ratio to the baseline on the same seeds)."""
     by_root: dict[str, list[Any]] = defaultdict(list)
     for db in dbs:
-        for root, _state, params, rungs, role in _trials(db):
+        for root, params, rungs, role in _trials(db):
             if role != "prior":
                 by_root[f"{db}:{root}"].append((params, rungs, role))
     out: dict[tuple[str, int], list[tuple[float, float, float]]] = defaultdict(list)
@@ -138,32 +140,16 @@ def log_ratios(dbs: list[Path]) -> dict[tuple[str, int], np.ndarray]:
 class Landscape:
     """A GP posterior mean over (rho_bottom, rho_top), shrunk below zero to a stated best gain."""
 
-    x: np.ndarray
-    alpha: np.ndarray
-    mean: float
-    scales: tuple[float, float]
-    signal: float
+    gp: GPFit
     shrink: float = 1.0
     offset: float = 0.0
     flat: bool = False  # no pair changes the distance: every `validated` answer is a false positive
 
     @classmethod
     def fit(cls, rows: np.ndarray, best_gain: float) -> Landscape:
-        x, y = rows[:, :2], np.clip(rows[:, 2], -0.3, 0.7)
-        mean, best = float(np.median(y)), None
-        for lb, lt, noise in itertools.product(
-            [0.05, 0.1, 0.15, 0.25, 0.4], [0.01, 0.02, 0.03, 0.05, 0.08, 0.12], [0.01, 0.02, 0.04, 0.08]
-        ):
-            d = (x[:, None, :] - x[None, :, :]) / np.array([lb, lt])
-            signal = max(float(np.var(y - mean)), 1e-4)
-            k = signal * np.exp(-0.5 * (d**2).sum(-1)) + noise**2 * np.eye(len(x))
-            chol = np.linalg.cholesky(k)
-            alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, y - mean))
-            nll = 0.5 * (y - mean) @ alpha + np.log(np.diag(chol)).sum()
-            if best is None or nll < best[0]:
-                best = (nll, cls(x, alpha, mean, (lb, lt), signal))
-        assert best is not None
-        land = best[1]
+        scales = ([0.05, 0.1, 0.15, 0.25, 0.4], [0.01, 0.02, 0.03, 0.05, 0.08, 0.12])
+        y = np.clip(rows[:, 2], -0.3, 0.7)
+        land = cls(fit_gp(rows[:, :2], y, scales, [0.01, 0.02, 0.04, 0.08], min_signal=1e-4))
         grid = np.stack(np.meshgrid(np.linspace(0.2, 1.2, 201), np.linspace(0.2, 1.2, 201)), -1).reshape(
             -1, 2
         )
@@ -172,9 +158,12 @@ class Landscape:
         land.shrink = math.log(1 - best_gain) / low if low < 0 else 1.0
         return land
 
+    @property
+    def scales(self) -> tuple[float, float]:
+        return self.gp.scales
+
     def raw(self, rho: np.ndarray) -> np.ndarray:
-        d = (rho[:, None, :] - self.x[None, :, :]) / np.array(self.scales)
-        return self.mean + self.signal * np.exp(-0.5 * (d**2).sum(-1)) @ self.alpha
+        return self.gp.predict(rho)
 
     def __call__(self, rho_bottom: float, rho_top: float) -> float:
         if self.flat:
@@ -333,7 +322,7 @@ def summarise(rows: list[dict[str, Any]], lands: dict[tuple[str, int], Landscape
                 below_optimum_1se=sum(r["true_gain"] < optimum - se for r in rs),
                 mean_trials=float(np.mean([r["trials"] for r in rs])),
                 mean_found=float(np.mean([r["found_gain"] for r in rs])),
-            validated=sum(r["status"] == "validated" for r in rs),
+                validated=sum(r["status"] == "validated" for r in rs),
             )
         )
     return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,6 +30,47 @@ MIN_POINTS = 6
 MAX_ASPECT = 8.0
 
 
+@dataclass(frozen=True)
+class GPFit:
+    """A Gaussian process's posterior mean over 2-D points (anisotropic squared-exponential kernel)."""
+
+    x: np.ndarray
+    alpha: np.ndarray
+    mean: float
+    signal: float
+    scales: tuple[float, float]
+
+    def predict(self, points: np.ndarray) -> np.ndarray:
+        d = (points[:, None, :] - self.x[None, :, :]) / np.array(self.scales)
+        return self.mean + self.signal * np.exp(-0.5 * (d**2).sum(-1)) @ self.alpha
+
+
+def fit_gp(
+    x: np.ndarray,
+    y: np.ndarray,
+    scales: tuple[Sequence[float], Sequence[float]],
+    noises: Sequence[float],
+    *,
+    min_signal: float = 1e-6,
+) -> GPFit:
+    """The GP of the grid's (scale, scale, noise) with the least negative log marginal likelihood; mean
+    the median of ``y``, signal variance the variance of ``y`` (at least ``min_signal``)."""
+    mean = float(np.median(y))
+    yc = y - mean
+    signal = max(float(np.var(yc)), min_signal)
+    sq = (x[:, None, :] - x[None, :, :]) ** 2
+    best: tuple[float, GPFit] | None = None
+    for a, b, noise in itertools.product(scales[0], scales[1], noises):
+        k = signal * np.exp(-0.5 * (sq[..., 0] / a**2 + sq[..., 1] / b**2)) + noise**2 * np.eye(len(y))
+        chol = np.linalg.cholesky(k)
+        alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, yc))
+        nll = 0.5 * float(yc @ alpha) + float(np.log(np.diag(chol)).sum())
+        if best is None or nll < best[0] - 1e-9:
+            best = (nll, GPFit(x, alpha, mean, signal, (a, b)))
+    assert best is not None
+    return best[1]
+
+
 def length_scales(
     points: Sequence[tuple[float, float]], distances: Sequence[float], widths: tuple[float, float]
 ) -> tuple[float, float] | None:
@@ -39,20 +81,7 @@ def length_scales(
         return None
     x = np.array([p for p, _ in rows], dtype=float) / np.array(widths, dtype=float)
     y = np.log([d for _, d in rows])
-    y = np.minimum(y, y.min() + 1.0)
-    y = y - np.median(y)
-    signal = max(float(np.var(y)), 1e-6)
-    best: tuple[float, tuple[float, float]] | None = None
-    sq = (x[:, None, :] - x[None, :, :]) ** 2
-    for a, b, noise in itertools.product(_SCALES, _SCALES, _NOISES):
-        k = signal * np.exp(-0.5 * (sq[..., 0] / a**2 + sq[..., 1] / b**2)) + noise**2 * np.eye(len(y))
-        chol = np.linalg.cholesky(k)
-        alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, y))
-        nll = 0.5 * float(y @ alpha) + float(np.log(np.diag(chol)).sum())
-        if best is None or nll < best[0] - 1e-9:
-            best = (nll, (a, b))
-    assert best is not None
-    return best[1]
+    return fit_gp(x, np.minimum(y, y.min() + 1.0), (_SCALES, _SCALES), _NOISES).scales
 
 
 def aspect(scales: tuple[float, float] | None) -> float:
