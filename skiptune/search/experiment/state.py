@@ -427,21 +427,27 @@ def _maybe_grow(storage: optuna.storages.BaseStorage, exp: Experiment) -> bool:
     return _new_phase(storage, exp, rec.GROW, growth_plan(exp), "growing the box of")
 
 
-def refine_due(exp: Experiment) -> bool:
-    """A refinement is on, has not run (once per experiment), and no growth is due before it."""
+def _refine_center(exp: Experiment) -> dict[str, float] | None:
+    """Where a due refinement is centred: the full-range answer (the validated best, or (1, 1) for
+    no-gain), if refinement is on, has not run (once per experiment), and no growth is due before it."""
     settings = exp.settings
     if settings is None or settings.refine_trials == 0 or any(p.kind == rec.REFINE for p in exp.phases):
-        return False
-    return exp.full_range_decision() is not None and growth_plan(exp) is None
+        return None
+    decision = exp.full_range_decision()
+    if decision is None or growth_plan(exp) is not None:
+        return None
+    return decision.params
+
+
+def refine_due(exp: Experiment) -> bool:
+    return _refine_center(exp) is not None
 
 
 def refine_plan(exp: Experiment) -> tuple[SearchSpace, int] | None:
-    """The refinement's box (around the full-range answer: the validated best, or (1, 1) for no-gain)
-    and budget, if it is due."""
-    decision = exp.full_range_decision()
-    if not refine_due(exp) or decision is None or exp.settings is None:
+    """The refinement's box (shaped by ``_refine_aspect``) and budget, if it is due."""
+    center = _refine_center(exp)
+    if center is None or exp.settings is None:
         return None
-    center = decision.params
     space = refine_space(exp.box, center, radius=exp.settings.refine_radius, aspect=_refine_aspect(exp))
     return space, exp.settings.refine_trials
 
